@@ -1,0 +1,9 @@
+//! ringraft: a replicated, strongly consistent key-value server. Multi-Raft, thread-per-core.
+//!
+//! Rooms and the direction of their dependencies (DESIGN §3):
+//! `ids`, `constants`, `prng` <- `raft`, `log`, `kv` <- `wire` <- `shard` <- `reactor`, `sim`.
+
+pub mod constants;
+pub mod ids;
+pub mod prng;
+pub mod raft;
