@@ -5,6 +5,7 @@
 
 pub mod constants;
 pub mod ids;
+pub mod kv;
 pub mod prng;
 pub mod raft;
 pub mod wire;
