@@ -74,7 +74,7 @@ impl Command {
 
     /// Checks the limits a command must meet before it is proposed.
     pub fn validate(&self) -> Result<(), CommandError> {
-        check_key(self.key())?;
+        validate_key(self.key())?;
         let values: [Option<&Bytes>; 2] = match self {
             Command::Put { value, .. } => [Some(value), None],
             Command::Delete { .. } => [None, None],
@@ -176,12 +176,12 @@ impl Command {
                 extra_bytes: bytes.len() - reader.offset,
             });
         }
-        check_key(command.key())?;
+        validate_key(command.key())?;
         Ok(command)
     }
 }
 
-fn check_key(key: &Bytes) -> Result<(), CommandError> {
+pub fn validate_key(key: &Bytes) -> Result<(), CommandError> {
     if key.is_empty() {
         return Err(CommandError::EmptyKey);
     }

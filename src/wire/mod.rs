@@ -3,6 +3,7 @@
 //! from outside bytes is verified (`root_as_*`, never `_unchecked`) and converted into
 //! validated domain types or a `WireError`; no input makes this module panic.
 
+pub mod client;
 pub mod frame;
 pub mod raft;
 

@@ -45,6 +45,8 @@ pub enum WireError {
     UnknownEntryKind(u8),
     #[error("node id 0 is not a valid {field}")]
     ZeroNode { field: &'static str },
+    #[error("invalid command: {0}")]
+    Command(#[from] crate::kv::CommandError),
     #[error("field {field} is missing")]
     Missing { field: &'static str },
     #[error(

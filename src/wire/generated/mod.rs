@@ -2,3 +2,4 @@
 #![allow(dead_code, unused_imports, clippy::all)]
 
 pub mod raft_generated;
+pub mod client_generated;
