@@ -9,6 +9,7 @@ use super::generated::client_generated::ringraft::wire::client as fb;
 use super::raft::WireError;
 use crate::ids::{GroupId, LogIndex, NodeId, Term};
 use crate::kv::Command;
+use crate::kv::command::validate_key;
 use crate::raft::RoleKind;
 
 /// A client-chosen request id, echoed in the response.
@@ -190,9 +191,7 @@ pub fn decode_request(bytes: &[u8]) -> Result<ClientRequest, (Option<RequestId>,
     let op = match request.op_type() {
         fb::Op::Get => {
             let key = bytes_of(request.op_as_get().ok_or_else(unknown)?.key());
-            Command::Delete { key: key.clone() }
-                .validate()
-                .map_err(|e| fail(WireError::Command(e)))?;
+            validate_key(&key).map_err(|e| fail(WireError::Command(e)))?;
             ClientOp::Get { key }
         }
         fb::Op::Put => {
