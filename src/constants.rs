@@ -27,3 +27,13 @@ const _: () = assert!(HEARTBEAT_INTERVAL_TICKS_DEFAULT < ELECTION_TIMEOUT_TICKS_
 const _: () = assert!(COMMAND_BYTES_MAX <= APPEND_BYTES_MAX);
 const _: () = assert!(APPEND_BYTES_MAX <= UNCOMMITTED_BYTES_MAX);
 const _: () = assert!(INFLIGHT_APPENDS_MAX > 0 && APPEND_ENTRIES_MAX > 0);
+
+/// Largest payload of one client frame (request or response), bytes.
+pub const CLIENT_FRAME_BYTES_MAX: usize = 1024 * 1024;
+/// Requests in flight on one client connection before the server answers `Overloaded`.
+pub const CLIENT_INFLIGHT_REQUESTS_MAX: usize = 4096;
+
+const _: () = assert!(
+    crate::kv::command::KEY_BYTES_MAX + crate::kv::command::VALUE_BYTES_MAX + 1024
+        <= CLIENT_FRAME_BYTES_MAX
+);

@@ -304,6 +304,13 @@ pub fn encode_response<'b>(
     builder.finished_data()
 }
 
+/// The request id of a response payload, or `None` if it is not a valid `Response`.
+pub fn response_id(bytes: &[u8]) -> Option<RequestId> {
+    flatbuffers::root::<fb::Response>(bytes)
+        .ok()
+        .map(|response| RequestId(response.id()))
+}
+
 /// Verifies and decodes a response to a request of kind `kind`.
 pub fn decode_response(bytes: &[u8], kind: ReplyKind) -> Result<ClientResponse, WireError> {
     let response =
