@@ -1,7 +1,13 @@
 //! The `ringraft` command line: parses arguments with clap, runs the chosen command, and
 //! renders errors for humans. Decisions live in the library; this file only wires them.
 
-use clap::{Parser, Subcommand};
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+use ringraft::client::Client;
+use ringraft::raft::RoleKind;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -16,13 +22,135 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Read a key (linearizable). Prints the value, or "(nil)" and exits 1 if absent.
+    Get {
+        key: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Write a key.
+    Put {
+        key: String,
+        value: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Delete a key. Prints whether it existed.
+    Del {
+        key: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Compare-and-set: set KEY to NEW only if its value is EXPECTED. `--expected-absent`
+    /// requires the key not to exist; `--delete` removes it instead of setting NEW.
+    Cas {
+        key: String,
+        /// The value the key must have now.
+        #[arg(
+            long,
+            conflicts_with = "expected_absent",
+            required_unless_present = "expected_absent"
+        )]
+        expected: Option<String>,
+        /// Require the key to be absent.
+        #[arg(long)]
+        expected_absent: bool,
+        /// The value to set.
+        #[arg(long, conflicts_with = "delete", required_unless_present = "delete")]
+        new: Option<String>,
+        /// Delete the key when the comparison holds.
+        #[arg(long)]
+        delete: bool,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Per group: leader, term, commit and applied index; per node: up or down.
+    Status {
+        #[command(flatten)]
+        connection: Connection,
+    },
     /// Print the version and the build profile.
     Version,
 }
 
-fn main() -> anyhow::Result<()> {
+#[derive(Args, Debug)]
+struct Connection {
+    /// Client addresses of the cluster's nodes, comma-separated; any node serves any key.
+    #[arg(long, default_value = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103")]
+    endpoints: String,
+    /// How long to wait for an answer, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    timeout_ms: u64,
+}
+
+impl Connection {
+    fn connect(&self) -> anyhow::Result<Client> {
+        Client::connect(&self.endpoints, Duration::from_millis(self.timeout_ms))
+            .with_context(|| format!("connecting to {}", self.endpoints))
+    }
+}
+
+fn bytes(text: &str) -> Bytes {
+    Bytes::copy_from_slice(text.as_bytes())
+}
+
+fn show(value: &Bytes) -> String {
+    String::from_utf8_lossy(value).into_owned()
+}
+
+fn main() {
     let cli = Cli::parse();
-    match cli.command {
+    if let Err(error) = run(cli.command) {
+        // `{:#}` prints the whole chain of causes on one line, without a backtrace.
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Get { key, connection } => match connection.connect()?.get(bytes(&key))? {
+            Some(value) => println!("{}", show(&value)),
+            None => {
+                println!("(nil)");
+                std::process::exit(1);
+            }
+        },
+        Command::Put {
+            key,
+            value,
+            connection,
+        } => {
+            connection.connect()?.put(bytes(&key), bytes(&value))?;
+            println!("OK");
+        }
+        Command::Del { key, connection } => {
+            let existed = connection.connect()?.delete(bytes(&key))?;
+            println!("{}", if existed { "deleted" } else { "not found" });
+        }
+        Command::Cas {
+            key,
+            expected,
+            new,
+            connection,
+            ..
+        } => {
+            let mut client = connection.connect()?;
+            let (succeeded, current) = client.cas(
+                bytes(&key),
+                expected.as_deref().map(bytes),
+                new.as_deref().map(bytes),
+            )?;
+            let current = current.as_ref().map_or_else(|| "(nil)".to_string(), show);
+            println!(
+                "{} (value now: {current})",
+                if succeeded { "swapped" } else { "not swapped" }
+            );
+            if !succeeded {
+                std::process::exit(1);
+            }
+        }
+        Command::Status { connection } => print_status(&mut connection.connect()?)?,
         Command::Version => {
             let profile = if cfg!(debug_assertions) {
                 "debug"
@@ -31,6 +159,38 @@ fn main() -> anyhow::Result<()> {
             };
             println!("ringraft {} ({profile})", env!("CARGO_PKG_VERSION"));
         }
+    }
+    Ok(())
+}
+
+fn print_status(client: &mut Client) -> anyhow::Result<()> {
+    let (groups, nodes) = client.status()?;
+    println!("answered by {}", client.endpoint());
+    println!(
+        "{:>6} {:>8} {:>8} {:>10} {:>10}  role here",
+        "group", "leader", "term", "commit", "applied"
+    );
+    for group in &groups {
+        let leader = group
+            .leader
+            .map_or_else(|| "-".to_string(), |n| n.to_string());
+        let role = match group.role {
+            RoleKind::Leader => "leader",
+            RoleKind::Follower => "follower",
+            RoleKind::Candidate => "candidate",
+            RoleKind::PreCandidate => "pre-candidate",
+        };
+        println!(
+            "{:>6} {:>8} {:>8} {:>10} {:>10}  {role}",
+            group.group, leader, group.term, group.commit, group.applied
+        );
+    }
+    for node in &nodes {
+        println!(
+            "node {}: {}",
+            node.node,
+            if node.up { "up" } else { "down" }
+        );
     }
     Ok(())
 }
