@@ -9,4 +9,5 @@ pub mod ids;
 pub mod kv;
 pub mod prng;
 pub mod raft;
+pub mod server;
 pub mod wire;
