@@ -2,5 +2,6 @@
 //! cluster issue) the client protocols. Must not reach into Raft internals.
 
 pub mod config;
+pub mod resp;
 
 pub use config::{ConfigError, PeerMap, ServerConfig, TimingConfig};
