@@ -3,6 +3,7 @@
 //! Rooms and the direction of their dependencies (DESIGN §3):
 //! `ids`, `constants`, `prng` <- `raft`, `log`, `kv` <- `wire` <- `shard` <- `reactor`, `sim`.
 
+pub mod bench;
 pub mod client;
 pub mod constants;
 pub mod ids;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
+use ringraft::bench::{self, BenchConfig, Limit};
 use ringraft::client::Client;
 use ringraft::raft::RoleKind;
 
@@ -69,8 +70,48 @@ enum Command {
         #[command(flatten)]
         connection: Connection,
     },
+    /// Load a cluster through the native protocol and report throughput and latency
+    /// percentiles (HdrHistogram).
+    Bench(BenchArgs),
     /// Print the version and the build profile.
     Version,
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    #[command(flatten)]
+    connection: Connection,
+    /// Client connections, each on its own thread.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Requests in flight per connection.
+    #[arg(long, default_value_t = 1)]
+    pipeline: usize,
+    /// Bytes of each written value.
+    #[arg(long, default_value_t = 128)]
+    value_size: usize,
+    /// Number of distinct keys, chosen uniformly.
+    #[arg(long, default_value_t = 100_000)]
+    keys: u64,
+    /// Fraction of requests that are reads (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    read_fraction: f64,
+    /// Run for this many seconds (default 10 unless --ops is given).
+    #[arg(long, conflicts_with = "ops")]
+    duration: Option<f64>,
+    /// Run exactly this many requests.
+    #[arg(long)]
+    ops: Option<u64>,
+    /// Open loop: this many requests per second in total; latency counts from when each
+    /// request was due (coordinated-omission correction). Default: closed loop.
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Seed of the key and value choices.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Write the results, with the whole histogram, to this JSON file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -151,6 +192,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Status { connection } => print_status(&mut connection.connect()?)?,
+        Command::Bench(args) => run_bench(args)?,
         Command::Version => {
             let profile = if cfg!(debug_assertions) {
                 "debug"
@@ -159,6 +201,33 @@ fn run(command: Command) -> anyhow::Result<()> {
             };
             println!("ringraft {} ({profile})", env!("CARGO_PKG_VERSION"));
         }
+    }
+    Ok(())
+}
+
+fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
+    let limit = match (args.ops, args.duration) {
+        (Some(ops), _) => Limit::Ops(ops),
+        (None, seconds) => Limit::Duration(Duration::from_secs_f64(seconds.unwrap_or(10.0))),
+    };
+    let config = BenchConfig {
+        endpoints: args.connection.endpoints.clone(),
+        connections: args.connections,
+        pipeline: args.pipeline,
+        value_bytes: args.value_size,
+        keys: args.keys,
+        read_fraction: args.read_fraction,
+        limit,
+        rate: args.rate,
+        timeout: Duration::from_millis(args.connection.timeout_ms),
+        seed: args.seed,
+        progress: true,
+    };
+    let report = bench::run(&config)?;
+    print!("{}", report.summary());
+    if let Some(path) = args.json {
+        std::fs::write(&path, report.to_json(&config))
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

@@ -327,4 +327,6 @@ fn flatbuffers_id(payload: &[u8]) -> Option<RequestId> {
 }
 
 #[cfg(test)]
+pub(crate) mod test_server;
+#[cfg(test)]
 mod tests;

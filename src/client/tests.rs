@@ -2,86 +2,10 @@
 //! protocol with the project's codec and a `KvMachine`: round trips of every call,
 //! pipelined responses out of order, failover to a second endpoint, and a timeout.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::thread;
+use std::net::TcpListener;
 
+use super::test_server::start as start_server;
 use super::*;
-use crate::ids::LogIndex;
-use crate::kv::{KvMachine, Outcome};
-use crate::wire::client::{decode_request, encode_response};
-
-/// Serves one connection: reads every frame it can, then answers in reverse order.
-fn serve(mut stream: TcpStream, machine: &mut KvMachine) {
-    let mut buffer = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let mut builder = FlatBufferBuilder::new();
-    loop {
-        let Ok(count) = stream.read(&mut chunk) else {
-            return;
-        };
-        if count == 0 {
-            return;
-        }
-        buffer.extend_from_slice(&chunk[..count]);
-        let mut responses = Vec::new();
-        while let Ok(Some(header)) = FrameHeader::parse(&buffer, CLIENT_FRAME_BYTES_MAX) {
-            if buffer.len() < 4 + header.payload_bytes {
-                break;
-            }
-            let request =
-                decode_request(&buffer[4..4 + header.payload_bytes]).expect("valid request");
-            buffer.drain(..4 + header.payload_bytes);
-            responses.push(ClientResponse {
-                id: request.id,
-                reply: execute(machine, request.op),
-            });
-        }
-        for response in responses.iter().rev() {
-            let payload = encode_response(&mut builder, response);
-            let mut frame = FrameHeader::encode(payload.len()).to_vec();
-            frame.extend_from_slice(payload);
-            if stream.write_all(&frame).is_err() {
-                return;
-            }
-        }
-    }
-}
-
-fn execute(machine: &mut KvMachine, op: ClientOp) -> Reply {
-    match op {
-        ClientOp::Get { key } => Reply::Value(machine.get(&key).cloned()),
-        ClientOp::Write(command) => {
-            let index: LogIndex = machine.applied().next();
-            match machine.apply(index, &command.encode()) {
-                Outcome::Written => Reply::Written,
-                Outcome::Deleted { existed } => Reply::Deleted { existed },
-                Outcome::Cas { succeeded, current } => Reply::Cas { succeeded, current },
-                Outcome::Rejected(e) => Reply::Error {
-                    code: ErrorCode::BadRequest,
-                    message: e.to_string(),
-                },
-            }
-        }
-        ClientOp::Status => Reply::Error {
-            code: ErrorCode::ShuttingDown,
-            message: "stopping".into(),
-        },
-    }
-}
-
-fn start_server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let address = listener.local_addr().expect("address");
-    thread::spawn(move || {
-        let mut machine = KvMachine::new();
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { return };
-            serve(stream, &mut machine);
-        }
-    });
-    address
-}
 
 fn b(s: &'static str) -> Bytes {
     Bytes::from_static(s.as_bytes())

@@ -1,0 +1,482 @@
+//! `ringraft bench`: a load generator for the native protocol. Closed loop (each connection
+//! keeps `pipeline` requests in flight) or open loop (`rate` requests per second in total,
+//! latency measured from when each request was due, correcting coordinated omission).
+//! Reports throughput and HdrHistogram percentiles; lives in real time at the edge.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use thiserror::Error;
+
+use crate::client::{Client, ClientError};
+use crate::kv::Command;
+use crate::prng::Prng;
+use crate::wire::client::{ClientOp, Reply, RequestId};
+
+/// Highest latency the histograms track, in microseconds (one minute).
+const LATENCY_US_MAX: u64 = 60_000_000;
+
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    pub endpoints: String,
+    pub connections: usize,
+    pub pipeline: usize,
+    pub value_bytes: usize,
+    pub keys: u64,
+    /// Fraction of requests that are reads, in [0, 1].
+    pub read_fraction: f64,
+    pub limit: Limit,
+    /// Total requests per second across connections (open loop), or `None` (closed loop).
+    pub rate: Option<u64>,
+    pub timeout: Duration,
+    pub seed: u64,
+    /// Print a progress line each second.
+    pub progress: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Limit {
+    Duration(Duration),
+    Ops(u64),
+}
+
+#[derive(Debug, Error)]
+pub enum BenchError {
+    #[error("invalid benchmark settings: {0}")]
+    Config(String),
+    #[error("connection {connection}: {source}")]
+    Client {
+        connection: usize,
+        source: ClientError,
+    },
+}
+
+/// What one run measured.
+pub struct BenchReport {
+    pub ops: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+    /// Latencies in microseconds.
+    pub histogram: Histogram<u64>,
+}
+
+impl BenchReport {
+    pub fn ops_per_second(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The human summary printed at the end of a run.
+    pub fn summary(&self) -> String {
+        let h = &self.histogram;
+        let ms = |us: u64| us as f64 / 1000.0;
+        let mut text = String::new();
+        let _ = writeln!(
+            text,
+            "{} ops in {:.2} s: {:.0} ops/s, {} errors",
+            self.ops,
+            self.elapsed.as_secs_f64(),
+            self.ops_per_second(),
+            self.errors
+        );
+        let _ = writeln!(
+            text,
+            "latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  p99.99 {:.3}  max {:.3}",
+            ms(h.value_at_quantile(0.5)),
+            ms(h.value_at_quantile(0.9)),
+            ms(h.value_at_quantile(0.99)),
+            ms(h.value_at_quantile(0.999)),
+            ms(h.value_at_quantile(0.9999)),
+            ms(h.max())
+        );
+        text
+    }
+
+    /// The report as JSON, with every recorded histogram bucket.
+    pub fn to_json(&self, config: &BenchConfig) -> String {
+        let h = &self.histogram;
+        let mut json = String::from("{\n");
+        let _ = writeln!(
+            json,
+            "  \"settings\": {{\"connections\": {}, \"pipeline\": {}, \"value_bytes\": {}, \"keys\": {}, \
+             \"read_fraction\": {}, \"rate\": {}, \"seed\": {}}},",
+            config.connections,
+            config.pipeline,
+            config.value_bytes,
+            config.keys,
+            config.read_fraction,
+            config
+                .rate
+                .map_or_else(|| "null".to_string(), |r| r.to_string()),
+            config.seed
+        );
+        let _ = writeln!(
+            json,
+            "  \"ops\": {}, \"errors\": {}, \"elapsed_s\": {:.6}, \"ops_per_s\": {:.1},",
+            self.ops,
+            self.errors,
+            self.elapsed.as_secs_f64(),
+            self.ops_per_second()
+        );
+        let percentiles = [50.0, 90.0, 99.0, 99.9, 99.99];
+        let mut fields: Vec<String> = percentiles
+            .iter()
+            .map(|p| format!("\"p{p}\": {}", h.value_at_quantile(p / 100.0)))
+            .collect();
+        fields.push(format!("\"max\": {}", h.max()));
+        let _ = writeln!(json, "  \"latency_us\": {{{}}},", fields.join(", "));
+        let buckets: Vec<String> = h
+            .iter_recorded()
+            .map(|v| format!("[{}, {}]", v.value_iterated_to(), v.count_at_value()))
+            .collect();
+        let _ = writeln!(json, "  \"histogram_us\": [{}]", buckets.join(", "));
+        json.push_str("}\n");
+        json
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_US_MAX, 3)
+        .unwrap_or_else(|e| panic!("histogram bounds: {e}"))
+}
+
+impl BenchConfig {
+    fn validate(&self) -> Result<(), BenchError> {
+        let fail = |message: &str| Err(BenchError::Config(message.to_string()));
+        if self.connections == 0 || self.pipeline == 0 {
+            return fail("--connections and --pipeline must be at least 1");
+        }
+        if self.keys == 0 {
+            return fail("--keys must be at least 1");
+        }
+        if !(0.0..=1.0).contains(&self.read_fraction) {
+            return fail("--read-fraction must be between 0 and 1");
+        }
+        if self.value_bytes > crate::kv::command::VALUE_BYTES_MAX {
+            return fail("--value-size exceeds the server's value limit");
+        }
+        if self.rate == Some(0) {
+            return fail("--rate must be positive");
+        }
+        Ok(())
+    }
+}
+
+/// Shared between connection threads and the progress printer.
+struct Shared {
+    ops: AtomicU64,
+    errors: AtomicU64,
+    /// Requests started so far, for the `--ops` limit.
+    started: AtomicU64,
+    stop: AtomicBool,
+    /// Connection threads that have ended.
+    finished: AtomicUsize,
+    histogram: Mutex<Histogram<u64>>,
+}
+
+/// Runs the benchmark and returns what it measured.
+pub fn run(config: &BenchConfig) -> Result<BenchReport, BenchError> {
+    config.validate()?;
+    let shared = Arc::new(Shared {
+        ops: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        started: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+        finished: AtomicUsize::new(0),
+        histogram: Mutex::new(new_histogram()),
+    });
+    let mut seeds = Prng::new(config.seed);
+    let start = Instant::now();
+    let workers: Vec<_> = (0..config.connections)
+        .map(|connection| {
+            let (config, shared, prng) = (config.clone(), Arc::clone(&shared), seeds.fork());
+            thread::spawn(move || {
+                let result =
+                    Worker::new(&config, connection, prng, start).and_then(|w| w.run(&shared));
+                if result.is_err() {
+                    shared.stop.store(true, Ordering::Relaxed);
+                }
+                shared.finished.fetch_add(1, Ordering::Release);
+                result
+            })
+        })
+        .collect();
+    watch(config, &shared, start);
+    let mut first_error = None;
+    for worker in workers {
+        match worker.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => first_error = first_error.or(Some(error)),
+            Err(_) => {
+                first_error = first_error.or(Some(BenchError::Config("a worker panicked".into())))
+            }
+        }
+    }
+    if let Some(error) = first_error {
+        return Err(error);
+    }
+    let histogram = shared
+        .histogram
+        .lock()
+        .map(|h| h.clone())
+        .unwrap_or_else(|p| p.into_inner().clone());
+    Ok(BenchReport {
+        ops: shared.ops.load(Ordering::Relaxed),
+        errors: shared.errors.load(Ordering::Relaxed),
+        elapsed: start.elapsed(),
+        histogram,
+    })
+}
+
+/// Waits for the end of the run, printing progress once a second.
+fn watch(config: &BenchConfig, shared: &Shared, start: Instant) {
+    let mut last_ops = 0;
+    let mut next_report = start + Duration::from_secs(1);
+    while shared.finished.load(Ordering::Acquire) < config.connections {
+        if let Limit::Duration(duration) = config.limit
+            && start.elapsed() >= duration
+        {
+            shared.stop.store(true, Ordering::Relaxed);
+        }
+        thread::sleep(Duration::from_millis(20));
+        if Instant::now() >= next_report {
+            next_report += Duration::from_secs(1);
+            let ops = shared.ops.load(Ordering::Relaxed);
+            if config.progress {
+                let p99 = shared
+                    .histogram
+                    .lock()
+                    .map(|h| h.value_at_quantile(0.99))
+                    .unwrap_or_default();
+                eprintln!(
+                    "[{:>4.0} s] {:>9} ops/s  p99 so far {:.3} ms  errors {}",
+                    start.elapsed().as_secs_f64(),
+                    ops - last_ops,
+                    p99 as f64 / 1000.0,
+                    shared.errors.load(Ordering::Relaxed)
+                );
+            }
+            last_ops = ops;
+        }
+    }
+}
+
+/// One connection's loop.
+struct Worker {
+    client: Client,
+    connection: usize,
+    prng: Prng,
+    value: Bytes,
+    config: BenchConfig,
+    start: Instant,
+    /// When each request in flight was due (open loop) or sent (closed loop).
+    in_flight: HashMap<RequestId, Instant>,
+    local: Histogram<u64>,
+    issued: u64,
+}
+
+impl Worker {
+    fn new(
+        config: &BenchConfig,
+        connection: usize,
+        mut prng: Prng,
+        start: Instant,
+    ) -> Result<Worker, BenchError> {
+        let client = Client::connect(&config.endpoints, config.timeout)
+            .map_err(|source| BenchError::Client { connection, source })?;
+        let mut value = vec![0u8; config.value_bytes];
+        prng.fill_bytes(&mut value);
+        Ok(Worker {
+            client,
+            connection,
+            prng,
+            value: Bytes::from(value),
+            config: config.clone(),
+            start,
+            in_flight: HashMap::with_capacity(config.pipeline),
+            local: new_histogram(),
+            issued: 0,
+        })
+    }
+
+    fn run(mut self, shared: &Shared) -> Result<(), BenchError> {
+        let mut last_flush = Instant::now();
+        loop {
+            let stopping = shared.stop.load(Ordering::Relaxed);
+            while !stopping && self.in_flight.len() < self.config.pipeline {
+                let due = self.due_time();
+                if due > Instant::now() && !self.in_flight.is_empty() {
+                    break;
+                }
+                if !self.may_start(shared) {
+                    break;
+                }
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    thread::sleep(wait);
+                }
+                self.send_one(due)?;
+            }
+            if self.in_flight.is_empty() {
+                if stopping || !self.may_continue(shared) {
+                    break;
+                }
+                continue;
+            }
+            self.receive_one(shared)?;
+            if last_flush.elapsed() >= Duration::from_millis(100) {
+                self.flush(shared);
+                last_flush = Instant::now();
+            }
+        }
+        self.flush(shared);
+        Ok(())
+    }
+
+    fn may_continue(&self, shared: &Shared) -> bool {
+        match self.config.limit {
+            Limit::Ops(ops) => shared.started.load(Ordering::Relaxed) < ops,
+            Limit::Duration(_) => !shared.stop.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Claims the right to start one more request under the `--ops` limit.
+    fn may_start(&self, shared: &Shared) -> bool {
+        match self.config.limit {
+            Limit::Ops(ops) => shared.started.fetch_add(1, Ordering::Relaxed) < ops,
+            Limit::Duration(_) => true,
+        }
+    }
+
+    /// When the next request is due: now in a closed loop; on this connection's schedule in
+    /// an open loop, so a stalled server is charged for the requests it delayed.
+    fn due_time(&self) -> Instant {
+        match self.config.rate {
+            None => Instant::now(),
+            Some(rate) => {
+                let per_connection = rate as f64 / self.config.connections as f64;
+                let offset = self.connection as f64 / rate as f64;
+                self.start + Duration::from_secs_f64(offset + self.issued as f64 / per_connection)
+            }
+        }
+    }
+
+    fn send_one(&mut self, due: Instant) -> Result<(), BenchError> {
+        let key = Bytes::from(format!("key:{:012}", self.prng.below(self.config.keys)));
+        let read = (self.prng.below(1_000_000) as f64) < self.config.read_fraction * 1_000_000.0;
+        let op = if read {
+            ClientOp::Get { key }
+        } else {
+            ClientOp::Write(Command::Put {
+                key,
+                value: self.value.clone(),
+            })
+        };
+        let connection = self.connection;
+        let id = self
+            .client
+            .send(op)
+            .map_err(|source| BenchError::Client { connection, source })?;
+        let stamp = if self.config.rate.is_some() {
+            due
+        } else {
+            Instant::now()
+        };
+        self.in_flight.insert(id, stamp);
+        self.issued += 1;
+        Ok(())
+    }
+
+    fn receive_one(&mut self, shared: &Shared) -> Result<(), BenchError> {
+        let connection = self.connection;
+        let response = self
+            .client
+            .recv()
+            .map_err(|source| BenchError::Client { connection, source })?;
+        let Some(sent) = self.in_flight.remove(&response.id) else {
+            return Err(BenchError::Client {
+                connection,
+                source: ClientError::UnknownRequest(response.id),
+            });
+        };
+        let micros = sent
+            .elapsed()
+            .as_micros()
+            .clamp(1, u128::from(LATENCY_US_MAX)) as u64;
+        self.local.saturating_record(micros);
+        if matches!(response.reply, Reply::Error { .. }) {
+            shared.errors.fetch_add(1, Ordering::Relaxed);
+        } else {
+            shared.ops.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, shared: &Shared) {
+        if let Ok(mut histogram) = shared.histogram.lock() {
+            let _ = histogram.add(&self.local);
+        }
+        self.local.reset();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::test_server;
+
+    fn config(endpoints: String, limit: Limit, rate: Option<u64>) -> BenchConfig {
+        BenchConfig {
+            endpoints,
+            connections: 2,
+            pipeline: 4,
+            value_bytes: 16,
+            keys: 100,
+            read_fraction: 0.5,
+            limit,
+            rate,
+            timeout: Duration::from_secs(5),
+            seed: 1,
+            progress: false,
+        }
+    }
+
+    #[test]
+    fn closed_loop_runs_exactly_the_requested_ops() {
+        // With --ops, the run stops after that many answered requests, each one in the histogram.
+        let address = test_server::start();
+        let report = run(&config(address.to_string(), Limit::Ops(500), None)).expect("run");
+        assert_eq!((report.ops, report.errors), (500, 0));
+        assert_eq!(report.histogram.len(), 500);
+        let json = report.to_json(&config(address.to_string(), Limit::Ops(500), None));
+        assert!(
+            json.contains("\"ops\": 500") && json.contains("histogram_us"),
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn open_loop_paces_requests_at_the_rate() {
+        // At 2,000 requests/s, 200 requests take at least the 0.1 s their schedule spans.
+        let address = test_server::start();
+        let report = run(&config(address.to_string(), Limit::Ops(200), Some(2000))).expect("run");
+        assert_eq!(report.ops, 200);
+        assert!(
+            report.elapsed >= Duration::from_millis(99),
+            "{:?}",
+            report.elapsed
+        );
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        // Nonsense settings are named before any connection is made.
+        let mut bad = config("127.0.0.1:1".into(), Limit::Ops(1), None);
+        bad.read_fraction = 1.5;
+        assert!(matches!(run(&bad), Err(BenchError::Config(_))));
+    }
+}
