@@ -112,6 +112,29 @@ impl RaftLog {
         self.tail_bytes
     }
 
+    /// Give back empty buffers. Frees, never allocates.
+    pub fn release_idle_memory(&mut self) {
+        if self.tail.is_empty() && self.tail.capacity() > 0 {
+            self.tail = VecDeque::new();
+        }
+        if self.in_flight.is_empty() && self.in_flight.capacity() > 0 {
+            self.in_flight = VecDeque::new();
+        }
+    }
+
+    /// Heap bytes held (capacities; payloads counted by their length).
+    pub fn memory_bytes(&self) -> usize {
+        self.term_runs.capacity() * std::mem::size_of::<EntryId>()
+            + self.tail.capacity() * std::mem::size_of::<Entry>()
+            + self.window.capacity() * std::mem::size_of::<Entry>()
+            + self.in_flight.capacity() * std::mem::size_of::<(PersistPosition, LogIndex)>()
+            + self
+                .tail
+                .iter()
+                .map(|entry| entry.data.len())
+                .sum::<usize>()
+    }
+
     /// The term of entry `index`, from memory; `None` beyond the log or before its start.
     pub fn term_at(&self, index: LogIndex) -> Option<Term> {
         if index == self.before_first.index {
@@ -307,9 +330,6 @@ impl RaftLog {
             self.persisted = self.persisted.max(reach).min(self.written);
             self.in_flight.pop_front();
         }
-        if self.in_flight.is_empty() && self.in_flight.capacity() > 8 {
-            self.in_flight.shrink_to_fit();
-        }
     }
 
     /// Drop tail entries up to `needed_from - 1` that are durable, and further durable ones
@@ -331,9 +351,6 @@ impl RaftLog {
                 self.tail_bytes -= entry.size_bytes();
                 on_drop(&entry);
             }
-        }
-        if self.tail.is_empty() && self.tail.capacity() > 64 {
-            self.tail.shrink_to_fit();
         }
     }
 
