@@ -1191,14 +1191,14 @@ fn chaos_run_with(seed: u64, steps: usize, canary: Option<Canary>) {
     let mut committed = false;
     for _ in 0..300 {
         cluster.tick(1);
-        if let Some(leader) = cluster.leader() {
-            if cluster.raft(leader).propose(data("final")).is_ok() {
-                cluster.tick_until(200, |c| {
-                    (1..=size).all(|id| c.applied_texts(id).last() == Some(&data("final")))
-                });
-                committed = true;
-                break;
-            }
+        if let Some(leader) = cluster.leader()
+            && cluster.raft(leader).propose(data("final")).is_ok()
+        {
+            cluster.tick_until(200, |c| {
+                (1..=size).all(|id| c.applied_texts(id).last() == Some(&data("final")))
+            });
+            committed = true;
+            break;
         }
     }
     assert!(
