@@ -214,6 +214,14 @@ impl RaftNode {
         self.config.id
     }
 
+    pub fn config(&self) -> &RaftConfig {
+        &self.config
+    }
+
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
     /// One tick of logical time: election timeouts, heartbeats, check-quorum, transfer abort.
     /// Allocates nothing: heartbeats are built in `ready`.
     pub fn tick(&mut self) {
