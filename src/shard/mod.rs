@@ -15,3 +15,6 @@ pub use group::RaftGroup;
 pub use multi::{
     GroupEntries, GroupPersist, MultiRaft, MultiRaftError, MultiRaftStats, RoundOutput, StepSummary,
 };
+
+#[cfg(test)]
+mod multi_tests;
