@@ -306,7 +306,11 @@ mod tests {
             term: Term(term),
             body: MessageBody::Heartbeat {
                 commit: LogIndex(commit),
-                read_round: if commit.is_multiple_of(2) { Some(commit) } else { None },
+                read_round: if commit.is_multiple_of(2) {
+                    Some(commit)
+                } else {
+                    None
+                },
             },
         }
     }

@@ -6,6 +6,7 @@
 
 pub mod batch;
 pub mod group;
+pub mod local;
 pub mod multi;
 
 pub use batch::{

@@ -161,6 +161,17 @@ impl<G: RaftGroup> MultiRaft<G> {
         }
     }
 
+    /// A core that will host about `group_count` groups with ids below `group_id_limit`,
+    /// with its tables allocated once, exactly.
+    pub fn with_capacity(node: NodeId, group_count: usize, group_id_limit: u32) -> MultiRaft<G> {
+        let mut multi = MultiRaft::new(node);
+        multi.slots.reserve_exact(group_count);
+        multi.dirty.reserve_exact(group_count);
+        multi.dirty_scratch.reserve_exact(group_count);
+        multi.slot_of.reserve_exact(group_id_limit as usize);
+        multi
+    }
+
     pub fn node(&self) -> NodeId {
         self.node
     }
