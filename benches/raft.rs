@@ -217,10 +217,18 @@ fn main() {
         sizes.push(per_group);
         size_of = size;
     }
-    println!("{:<52} {:>16.0}", "heap bytes per idle group (incl. inline RaftNode)", median(sizes));
+    println!(
+        "{:<52} {:>16.0}",
+        "heap bytes per idle group (incl. inline RaftNode)",
+        median(sizes)
+    );
     println!("{:<52} {:>16}", "size_of::<RaftNode>() bytes", size_of);
     let costs: Vec<f64> = (0..runs)
         .map(|run| tick_cost(idle_groups, 100, seed + run).as_secs_f64() * 1e9)
         .collect();
-    println!("{:<52} {:>16.0}", "ns CPU per tick per idle group (with heartbeats)", median(costs));
+    println!(
+        "{:<52} {:>16.0}",
+        "ns CPU per tick per idle group (with heartbeats)",
+        median(costs)
+    );
 }

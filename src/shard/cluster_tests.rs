@@ -47,7 +47,11 @@ fn cluster(group_count: u32, seed: u64) -> LocalCluster<RaftNode> {
 
 /// Ticks (each followed by a quiet cluster) until every group has a leader that its own
 /// status confirms; returns the ticks taken. Panics, naming the group, past `ticks_max`.
-fn tick_until_all_led(cluster: &mut LocalCluster<RaftNode>, group_count: u32, ticks_max: u32) -> u32 {
+fn tick_until_all_led(
+    cluster: &mut LocalCluster<RaftNode>,
+    group_count: u32,
+    ticks_max: u32,
+) -> u32 {
     for ticks in 1..=ticks_max {
         cluster.tick();
         cluster.step_until_quiet(64);
@@ -124,7 +128,10 @@ fn an_idle_cluster_sends_one_batch_per_peer_per_tick_and_nothing_between() {
     let mut cluster = cluster(group_count, seed);
     for g in 0..group_count {
         let leader = NodeId(u64::from(g) % NODE_COUNT + 1);
-        cluster.node_mut(leader).campaign(GroupId(g)).expect("hosted");
+        cluster
+            .node_mut(leader)
+            .campaign(GroupId(g))
+            .expect("hosted");
     }
     cluster.step_until_quiet(64);
     for g in 0..group_count {

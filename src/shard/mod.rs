@@ -18,4 +18,6 @@ pub use multi::{
 };
 
 #[cfg(test)]
+mod cluster_tests;
+#[cfg(test)]
 mod multi_tests;
