@@ -95,6 +95,9 @@ fn three_nodes_elect_leaders_for_100_groups_and_commit_in_each() {
         }
     }
     cluster.step_until_quiet(64);
+    // Followers learn the final commit index from the leader's next heartbeat.
+    cluster.tick();
+    cluster.step_until_quiet(64);
     let reference = cluster.applied_log(NodeId(1)).to_vec();
     for g in 0..group_count {
         let commands: Vec<_> = reference
