@@ -5,7 +5,8 @@
 //! group with coalesced heartbeat traffic. Prints a table of medians over several runs.
 //!
 //! Environment: `RINGRAFT_SEED` (default 1), `RINGRAFT_BENCH_RUNS` (default 5),
-//! `RINGRAFT_BENCH_ENTRIES` (entries per throughput run, default 2,000,000). It must not
+//! `RINGRAFT_BENCH_ENTRIES` (entries per throughput run, default 2,000,000),
+//! `RINGRAFT_BENCH_ONLY` (a comma list of measures, see `wanted`). It must not
 //! assert speed; it only reports it.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -201,6 +202,15 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
+/// Which measures to run: `RINGRAFT_BENCH_ONLY` is a comma list of `throughput-1`,
+/// `throughput-100`, `throughput-10000`, `memory`, `tick`; unset runs all.
+fn wanted(measure: &str) -> bool {
+    match std::env::var("RINGRAFT_BENCH_ONLY") {
+        Ok(list) => list.split(',').any(|m| m.trim() == measure),
+        Err(_) => true,
+    }
+}
+
 fn main() {
     let seed = env_u64("RINGRAFT_SEED", 1);
     let runs = env_u64("RINGRAFT_BENCH_RUNS", 5).max(1);
@@ -208,6 +218,9 @@ fn main() {
     println!("raft bench: seed {seed}, {runs} runs per figure (median), one thread, 3 nodes");
     println!("{:<52} {:>16}", "measure", "median");
     for group_count in [1u32, 100, 10_000] {
+        if !wanted(&format!("throughput-{group_count}")) {
+            continue;
+        }
         let rates: Vec<f64> = (0..runs)
             .map(|run| throughput(group_count, entry_count, seed + run))
             .collect();
@@ -215,25 +228,29 @@ fn main() {
         println!("{label:<52} {:>16.0}", median(rates));
     }
     let idle_groups = 10_000u32;
-    let mut sizes = Vec::new();
-    let mut size_of = 0;
-    for run in 0..runs {
-        let (per_group, size) = idle_memory(idle_groups, seed + run);
-        sizes.push(per_group);
-        size_of = size;
+    if wanted("memory") {
+        let mut sizes = Vec::new();
+        let mut size_of = 0;
+        for run in 0..runs {
+            let (per_group, size) = idle_memory(idle_groups, seed + run);
+            sizes.push(per_group);
+            size_of = size;
+        }
+        println!(
+            "{:<52} {:>16.0}",
+            "heap bytes per idle group (incl. inline RaftNode)",
+            median(sizes)
+        );
+        println!("{:<52} {:>16}", "size_of::<RaftNode>() bytes", size_of);
     }
-    println!(
-        "{:<52} {:>16.0}",
-        "heap bytes per idle group (incl. inline RaftNode)",
-        median(sizes)
-    );
-    println!("{:<52} {:>16}", "size_of::<RaftNode>() bytes", size_of);
-    let costs: Vec<f64> = (0..runs)
-        .map(|run| tick_cost(idle_groups, 100, seed + run).as_secs_f64() * 1e9)
-        .collect();
-    println!(
-        "{:<52} {:>16.0}",
-        "ns CPU per tick per idle group (with heartbeats)",
-        median(costs)
-    );
+    if wanted("tick") {
+        let costs: Vec<f64> = (0..runs)
+            .map(|run| tick_cost(idle_groups, 100, seed + run).as_secs_f64() * 1e9)
+            .collect();
+        println!(
+            "{:<52} {:>16.0}",
+            "ns CPU per tick per idle group (with heartbeats)",
+            median(costs)
+        );
+    }
 }

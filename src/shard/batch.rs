@@ -229,6 +229,9 @@ pub struct BatchAssembler {
     /// searched linearly beats a map.
     open: Vec<(Batch, u64)>,
     closed: Vec<Batch>,
+    /// Per destination, the list lengths of the last batch drained: a new batch reserves
+    /// them at once, so a steady round never regrows (and copies) large lists.
+    sizes_last: Vec<(NodeId, [usize; 3])>,
 }
 
 impl BatchAssembler {
@@ -237,6 +240,7 @@ impl BatchAssembler {
             from,
             open: Vec::new(),
             closed: Vec::new(),
+            sizes_last: Vec::new(),
         }
     }
 
@@ -279,15 +283,37 @@ impl BatchAssembler {
     }
 
     fn open_batch(&mut self, to: NodeId) -> usize {
-        self.open
-            .push((Batch::new(self.from, to), BATCH_HEADER_BYTES));
+        let mut batch = Batch::new(self.from, to);
+        if let Some((_, [messages, heartbeats, responses])) =
+            self.sizes_last.iter().find(|(node, _)| *node == to)
+        {
+            batch.messages.reserve(*messages);
+            batch.heartbeats.reserve(*heartbeats);
+            batch.heartbeat_responses.reserve(*responses);
+        }
+        self.open.push((batch, BATCH_HEADER_BYTES));
         self.open.len() - 1
     }
 
     /// Moves every batch assembled so far into `out`, leaving the assembler empty.
     pub fn drain_into(&mut self, out: &mut Vec<Batch>) {
         out.append(&mut self.closed);
-        out.extend(self.open.drain(..).map(|(batch, _)| batch));
+        for (batch, _) in self.open.drain(..) {
+            let sizes = [
+                batch.messages.len(),
+                batch.heartbeats.len(),
+                batch.heartbeat_responses.len(),
+            ];
+            match self
+                .sizes_last
+                .iter_mut()
+                .find(|(node, _)| *node == batch.to)
+            {
+                Some((_, last)) => *last = sizes,
+                None => self.sizes_last.push((batch.to, sizes)),
+            }
+            out.push(batch);
+        }
     }
 }
 
