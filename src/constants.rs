@@ -46,3 +46,17 @@ const _: () = assert!(
     crate::kv::command::KEY_BYTES_MAX + crate::kv::command::VALUE_BYTES_MAX + 1024
         <= CLIENT_FRAME_BYTES_MAX
 );
+/// Estimated encoded bytes of one outgoing node-to-node `Batch` (shard/). A round whose
+/// messages to one node exceed it sends several batches to that node. Must hold the largest
+/// append message (checked in shard/batch.rs, which knows the per-entry overhead).
+pub const BATCH_BYTES_MAX: u64 = 8 * 1024 * 1024;
+/// Items (messages plus coalesced heartbeat entries) of one `Batch`.
+pub const BATCH_ITEMS_MAX: usize = 65_536;
+/// Raft groups one core hosts.
+pub const GROUPS_PER_CORE_MAX: usize = 65_536;
+/// Exclusive upper bound of group ids a core accepts; bounds the dense id -> slot table.
+pub const GROUP_ID_LIMIT: u32 = 1 << 20;
+
+const _: () = assert!(BATCH_BYTES_MAX >= 2 * APPEND_BYTES_MAX);
+const _: () = assert!(BATCH_ITEMS_MAX >= 2 * INFLIGHT_APPENDS_MAX);
+const _: () = assert!(GROUPS_PER_CORE_MAX <= GROUP_ID_LIMIT as usize);

@@ -11,4 +11,6 @@ pub mod kv;
 pub mod prng;
 pub mod raft;
 pub mod server;
+pub mod shard;
 pub mod wire;
+

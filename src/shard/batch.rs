@@ -1,0 +1,442 @@
+//! The node-to-node `Batch`: every Raft message one core sends to the same core of one other
+//! node in one round, for all of its groups. Heartbeats and heartbeat responses of all groups
+//! are coalesced into compact entry lists (Redpanda's per-node heartbeat manager), and
+//! expanded back into per-group messages on receipt.
+//!
+//! This module owns the domain type, its size estimate and limits, and the per-round
+//! assembly of batches by destination. It must not encode bytes (wire/ maps `Batch` to
+//! flatbuffers) nor know which groups exist (multi.rs routes).
+
+use crate::constants::{APPEND_BYTES_MAX, APPEND_ENTRIES_MAX, BATCH_BYTES_MAX, BATCH_ITEMS_MAX};
+use crate::ids::{GroupId, LogIndex, NodeId, Term};
+use crate::raft::{ENTRY_OVERHEAD_BYTES, Message, MessageBody};
+
+/// Estimated bytes of one non-heartbeat message's envelope (group, term, kind, fixed fields),
+/// not counting the entries it carries.
+pub const MESSAGE_OVERHEAD_BYTES: u64 = 64;
+/// Estimated bytes of one coalesced heartbeat entry: group (4), term (8), commit (8),
+/// read round (9).
+pub const HEARTBEAT_ENTRY_BYTES: u64 = 29;
+/// Estimated bytes of one coalesced heartbeat response entry: group (4), term (8), read
+/// round (9).
+pub const HEARTBEAT_RESPONSE_ENTRY_BYTES: u64 = 21;
+/// Estimated bytes of a batch's own header (from, to, list lengths).
+pub const BATCH_HEADER_BYTES: u64 = 32;
+
+// The largest append the Raft core builds must fit in one batch on its own.
+const _: () = assert!(
+    BATCH_HEADER_BYTES
+        + MESSAGE_OVERHEAD_BYTES
+        + APPEND_BYTES_MAX
+        + APPEND_ENTRIES_MAX as u64 * ENTRY_OVERHEAD_BYTES
+        <= BATCH_BYTES_MAX
+);
+
+/// Errors of a received batch that break its limits or its addressing. A batch comes from a
+/// peer, so these are answers, never panics.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchError {
+    #[error("batch holds {item_count} items, more than the limit {BATCH_ITEMS_MAX}")]
+    TooManyItems { item_count: usize },
+    #[error("batch is about {size_bytes} bytes, more than the limit {BATCH_BYTES_MAX}")]
+    TooLarge { size_bytes: u64 },
+    #[error("batch from node {from} is addressed to itself")]
+    FromItself { from: NodeId },
+}
+
+/// One group's non-heartbeat message inside a batch. The sender and receiver are the batch's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupMessage {
+    pub group: GroupId,
+    pub term: Term,
+    pub body: MessageBody,
+}
+
+/// A coalesced `MessageBody::Heartbeat` of one group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeartbeatEntry {
+    pub group: GroupId,
+    pub term: Term,
+    pub commit: LogIndex,
+    pub read_round: Option<u64>,
+}
+
+/// A coalesced `MessageBody::HeartbeatResponse` of one group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeartbeatResponseEntry {
+    pub group: GroupId,
+    pub term: Term,
+    pub read_round: Option<u64>,
+}
+
+/// Everything one core sends to one peer node's core in one round (DESIGN §5, §7).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Batch {
+    pub from: NodeId,
+    pub to: NodeId,
+    /// Messages other than heartbeats and their responses, in the order they were produced
+    /// per group.
+    pub messages: Vec<GroupMessage>,
+    pub heartbeats: Vec<HeartbeatEntry>,
+    pub heartbeat_responses: Vec<HeartbeatResponseEntry>,
+}
+
+impl Batch {
+    pub fn new(from: NodeId, to: NodeId) -> Batch {
+        assert!(from != to, "batch: from {from} equals to {to}");
+        Batch {
+            from,
+            to,
+            messages: Vec::new(),
+            heartbeats: Vec::new(),
+            heartbeat_responses: Vec::new(),
+        }
+    }
+
+    pub fn item_count(&self) -> usize {
+        self.messages.len() + self.heartbeats.len() + self.heartbeat_responses.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.item_count() == 0
+    }
+
+    /// Estimated encoded size, the figure `BATCH_BYTES_MAX` limits.
+    pub fn size_bytes(&self) -> u64 {
+        let messages: u64 = self.messages.iter().map(|m| body_size_bytes(&m.body)).sum();
+        BATCH_HEADER_BYTES
+            + messages
+            + self.heartbeats.len() as u64 * HEARTBEAT_ENTRY_BYTES
+            + self.heartbeat_responses.len() as u64 * HEARTBEAT_RESPONSE_ENTRY_BYTES
+    }
+
+    /// Checks a received batch against the limits before anything of it is used.
+    pub fn validate(&self) -> Result<(), BatchError> {
+        if self.from == self.to {
+            return Err(BatchError::FromItself { from: self.from });
+        }
+        let item_count = self.item_count();
+        if item_count > BATCH_ITEMS_MAX {
+            return Err(BatchError::TooManyItems { item_count });
+        }
+        let size_bytes = self.size_bytes();
+        if size_bytes > BATCH_BYTES_MAX {
+            return Err(BatchError::TooLarge { size_bytes });
+        }
+        Ok(())
+    }
+
+    /// Adds one group's message, coalescing heartbeats. The message must travel from this
+    /// batch's sender to its receiver.
+    pub fn push(&mut self, group: GroupId, message: Message) {
+        assert!(
+            message.from == self.from && message.to == self.to,
+            "batch {}->{}: message of group {group} is {}->{}",
+            self.from,
+            self.to,
+            message.from,
+            message.to
+        );
+        match message.body {
+            MessageBody::Heartbeat { commit, read_round } => {
+                self.heartbeats.push(HeartbeatEntry {
+                    group,
+                    term: message.term,
+                    commit,
+                    read_round,
+                });
+            }
+            MessageBody::HeartbeatResponse { read_round } => {
+                self.heartbeat_responses.push(HeartbeatResponseEntry {
+                    group,
+                    term: message.term,
+                    read_round,
+                });
+            }
+            body => self.messages.push(GroupMessage {
+                group,
+                term: message.term,
+                body,
+            }),
+        }
+    }
+
+    /// Expands the batch back into per-group messages: the other messages first, then the
+    /// heartbeats, then the heartbeat responses. Raft tolerates any reordering between
+    /// messages (the network may reorder them anyway).
+    pub fn into_messages(self) -> impl Iterator<Item = (GroupId, Message)> {
+        let Batch {
+            from,
+            to,
+            messages,
+            heartbeats,
+            heartbeat_responses,
+        } = self;
+        let envelope = move |group: GroupId, term: Term, body: MessageBody| {
+            (
+                group,
+                Message {
+                    from,
+                    to,
+                    term,
+                    body,
+                },
+            )
+        };
+        let others = messages
+            .into_iter()
+            .map(move |m| envelope(m.group, m.term, m.body));
+        let beats = heartbeats.into_iter().map(move |h| {
+            let body = MessageBody::Heartbeat {
+                commit: h.commit,
+                read_round: h.read_round,
+            };
+            envelope(h.group, h.term, body)
+        });
+        let responses = heartbeat_responses.into_iter().map(move |r| {
+            let body = MessageBody::HeartbeatResponse {
+                read_round: r.read_round,
+            };
+            envelope(r.group, r.term, body)
+        });
+        others.chain(beats).chain(responses)
+    }
+}
+
+/// Estimated bytes one message adds to a batch.
+pub fn message_size_bytes(body: &MessageBody) -> u64 {
+    match body {
+        MessageBody::Heartbeat { .. } => HEARTBEAT_ENTRY_BYTES,
+        MessageBody::HeartbeatResponse { .. } => HEARTBEAT_RESPONSE_ENTRY_BYTES,
+        other => body_size_bytes(other),
+    }
+}
+
+fn body_size_bytes(body: &MessageBody) -> u64 {
+    let entries: u64 = match body {
+        MessageBody::Append { entries, .. } => entries.iter().map(|e| e.size_bytes()).sum(),
+        _ => 0,
+    };
+    MESSAGE_OVERHEAD_BYTES + entries
+}
+
+/// Per-round assembly of outgoing batches: one open batch per destination; a batch that
+/// would pass a limit is closed and a new one opened for the same destination.
+#[derive(Debug)]
+pub struct BatchAssembler {
+    from: NodeId,
+    /// Open batches with their running size estimate; a handful of peers, so a short vector
+    /// searched linearly beats a map.
+    open: Vec<(Batch, u64)>,
+    closed: Vec<Batch>,
+    /// Per destination, the list lengths of the last batch drained: a new batch reserves
+    /// them at once, so a steady round never regrows (and copies) large lists.
+    sizes_last: Vec<(NodeId, [usize; 3])>,
+}
+
+impl BatchAssembler {
+    pub fn new(from: NodeId) -> BatchAssembler {
+        BatchAssembler {
+            from,
+            open: Vec::new(),
+            closed: Vec::new(),
+            sizes_last: Vec::new(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty() && self.closed.is_empty()
+    }
+
+    /// Adds one message of `group` to the batch for its destination.
+    pub fn push(&mut self, group: GroupId, message: Message) {
+        assert!(
+            message.from == self.from,
+            "assembler of node {}: message of group {group} is from {}",
+            self.from,
+            message.from
+        );
+        let item_bytes = message_size_bytes(&message.body);
+        assert!(
+            BATCH_HEADER_BYTES + item_bytes <= BATCH_BYTES_MAX,
+            "group {group}: one message of {item_bytes} bytes exceeds the batch limit"
+        );
+        let to = message.to;
+        let slot = match self.open.iter().position(|(b, _)| b.to == to) {
+            Some(slot) => {
+                let (batch, size_bytes) = &self.open[slot];
+                let full = batch.item_count() + 1 > BATCH_ITEMS_MAX
+                    || size_bytes + item_bytes > BATCH_BYTES_MAX;
+                if full {
+                    let (batch, _) = self.open.swap_remove(slot);
+                    self.closed.push(batch);
+                    self.open_batch(to)
+                } else {
+                    slot
+                }
+            }
+            None => self.open_batch(to),
+        };
+        let (batch, size_bytes) = &mut self.open[slot];
+        batch.push(group, message);
+        *size_bytes += item_bytes;
+    }
+
+    fn open_batch(&mut self, to: NodeId) -> usize {
+        let mut batch = Batch::new(self.from, to);
+        if let Some((_, [messages, heartbeats, responses])) =
+            self.sizes_last.iter().find(|(node, _)| *node == to)
+        {
+            batch.messages.reserve(*messages);
+            batch.heartbeats.reserve(*heartbeats);
+            batch.heartbeat_responses.reserve(*responses);
+        }
+        self.open.push((batch, BATCH_HEADER_BYTES));
+        self.open.len() - 1
+    }
+
+    /// Moves every batch assembled so far into `out`, leaving the assembler empty.
+    pub fn drain_into(&mut self, out: &mut Vec<Batch>) {
+        out.append(&mut self.closed);
+        for (batch, _) in self.open.drain(..) {
+            let sizes = [
+                batch.messages.len(),
+                batch.heartbeats.len(),
+                batch.heartbeat_responses.len(),
+            ];
+            match self
+                .sizes_last
+                .iter_mut()
+                .find(|(node, _)| *node == batch.to)
+            {
+                Some((_, last)) => *last = sizes,
+                None => self.sizes_last.push((batch.to, sizes)),
+            }
+            out.push(batch);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::ids::EntryId;
+    use crate::raft::{Entry, EntryKind};
+
+    fn heartbeat(from: u64, to: u64, term: u64, commit: u64) -> Message {
+        Message {
+            from: NodeId(from),
+            to: NodeId(to),
+            term: Term(term),
+            body: MessageBody::Heartbeat {
+                commit: LogIndex(commit),
+                read_round: if commit.is_multiple_of(2) {
+                    Some(commit)
+                } else {
+                    None
+                },
+            },
+        }
+    }
+
+    #[test]
+    fn heartbeats_of_many_groups_coalesce_and_expand_intact() {
+        // 1,000 groups' heartbeats and responses to one node become one batch with two compact
+        // lists, and expanding it gives back exactly the messages that went in.
+        let mut assembler = BatchAssembler::new(NodeId(1));
+        let mut sent = Vec::new();
+        for g in 0..1000u32 {
+            let beat = heartbeat(1, 2, u64::from(g) + 1, u64::from(g) * 3);
+            let response = Message {
+                from: NodeId(1),
+                to: NodeId(2),
+                term: Term(7),
+                body: MessageBody::HeartbeatResponse {
+                    read_round: Some(u64::from(g)),
+                },
+            };
+            sent.push((GroupId(g), beat.clone()));
+            sent.push((GroupId(g), response.clone()));
+            assembler.push(GroupId(g), beat);
+            assembler.push(GroupId(g), response);
+        }
+        let mut batches = Vec::new();
+        assembler.drain_into(&mut batches);
+        assert_eq!(batches.len(), 1, "one destination, one batch");
+        let batch = batches.pop().expect("one batch");
+        assert!(batch.messages.is_empty());
+        assert_eq!(batch.heartbeats.len(), 1000);
+        assert_eq!(batch.heartbeat_responses.len(), 1000);
+        assert_eq!(batch.validate(), Ok(()));
+        let mut received: Vec<_> = batch.into_messages().collect();
+        received
+            .sort_by_key(|(g, m)| (*g, matches!(m.body, MessageBody::HeartbeatResponse { .. })));
+        assert_eq!(received, sent);
+    }
+
+    #[test]
+    fn one_batch_per_destination_until_a_limit_splits_it() {
+        // Messages to two nodes make two batches; appends whose bytes pass the batch limit
+        // spill into a second batch for the same node, and no batch passes the limit.
+        let mut assembler = BatchAssembler::new(NodeId(1));
+        let payload = Bytes::from(vec![7u8; 1024 * 1024]);
+        let append = |to: u64, index: u64| Message {
+            from: NodeId(1),
+            to: NodeId(to),
+            term: Term(1),
+            body: MessageBody::Append {
+                prev: EntryId::ZERO,
+                entries: vec![Entry {
+                    id: EntryId::new(Term(1), LogIndex(index)),
+                    kind: EntryKind::Command,
+                    data: payload.clone(),
+                }],
+                commit: LogIndex::ZERO,
+            },
+        };
+        for index in 1..=12u64 {
+            assembler.push(GroupId(index as u32), append(2, index));
+        }
+        assembler.push(GroupId(1), heartbeat(1, 3, 1, 0));
+        let mut batches = Vec::new();
+        assembler.drain_into(&mut batches);
+        let to_two: Vec<_> = batches.iter().filter(|b| b.to == NodeId(2)).collect();
+        let to_three: Vec<_> = batches.iter().filter(|b| b.to == NodeId(3)).collect();
+        assert_eq!(to_three.len(), 1);
+        assert_eq!(to_two.len(), 2, "12 MiB of appends need two 8 MiB batches");
+        let appended: usize = to_two.iter().map(|b| b.messages.len()).sum();
+        assert_eq!(appended, 12);
+        for batch in &batches {
+            assert_eq!(batch.validate(), Ok(()), "batch to {}", batch.to);
+        }
+        assert!(assembler.is_empty());
+    }
+
+    #[test]
+    fn received_batches_breaking_limits_are_refused() {
+        // A peer's batch with too many items, or addressed from a node to itself, is an error.
+        let mut batch = Batch::new(NodeId(1), NodeId(2));
+        for g in 0..=BATCH_ITEMS_MAX as u32 {
+            batch.heartbeats.push(HeartbeatEntry {
+                group: GroupId(g),
+                term: Term(1),
+                commit: LogIndex(0),
+                read_round: None,
+            });
+        }
+        assert_eq!(
+            batch.validate(),
+            Err(BatchError::TooManyItems {
+                item_count: BATCH_ITEMS_MAX + 1
+            })
+        );
+        batch.heartbeats.clear();
+        batch.to = NodeId(1);
+        assert_eq!(
+            batch.validate(),
+            Err(BatchError::FromItself { from: NodeId(1) })
+        );
+    }
+}
