@@ -5,5 +5,7 @@
 
 pub mod constants;
 pub mod ids;
+pub mod log;
 pub mod prng;
 pub mod raft;
+pub mod sim;
