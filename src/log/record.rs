@@ -35,7 +35,7 @@ pub const SEGMENT_MAGIC: [u8; 8] = *b"RRWALSEG";
 pub const SEGMENT_VERSION: u32 = 1;
 const SEGMENT_HEADER_BYTES: usize = 36;
 
-const _: () = assert!(RECORD_HEADER_BYTES % RECORD_ALIGN_BYTES == 0);
+const _: () = assert!(RECORD_HEADER_BYTES.is_multiple_of(RECORD_ALIGN_BYTES));
 const _: () = assert!(SEGMENT_HEADER_BYTES <= WAL_HEADER_BLOCK_BYTES as usize);
 const _: () = assert!(RECORD_BYTES_MAX < u32::MAX as usize);
 
@@ -232,7 +232,7 @@ pub fn encode(out: &mut [u8], seq: SegmentSeq, offset: u64, record: &RecordRef<'
         out.len()
     );
     assert!(
-        offset % RECORD_ALIGN_BYTES as u64 == 0,
+        offset.is_multiple_of(RECORD_ALIGN_BYTES as u64),
         "encode: offset {offset} not aligned to {RECORD_ALIGN_BYTES}"
     );
     assert!(

@@ -44,14 +44,14 @@ impl WalConfig {
     /// Checks the configuration against the limits and the disk's alignment.
     pub fn validate(&self, alignment: usize) -> Result<(), LogError> {
         let alignment = alignment as u64;
-        if !alignment.is_power_of_two() || alignment > WAL_HEADER_BLOCK_BYTES || alignment < 8 {
+        if !alignment.is_power_of_two() || !(8..=WAL_HEADER_BLOCK_BYTES).contains(&alignment) {
             return Err(LogError::BadConfig(format!(
                 "disk alignment {alignment} must be a power of two in 8..={WAL_HEADER_BLOCK_BYTES}"
             )));
         }
         if self.segment_bytes < WAL_SEGMENT_BYTES_MIN
             || self.segment_bytes > WAL_SEGMENT_BYTES_MAX
-            || self.segment_bytes % WAL_HEADER_BLOCK_BYTES != 0
+            || !self.segment_bytes.is_multiple_of(WAL_HEADER_BLOCK_BYTES)
         {
             return Err(LogError::BadConfig(format!(
                 "segment_bytes {} must be a multiple of {WAL_HEADER_BLOCK_BYTES} in \
@@ -327,7 +327,7 @@ impl Wal {
             && self
                 .groups
                 .get(&group)
-                .is_none_or(|index| index.entry_count() == 0 && index.snapshot().is_none());
+                .is_none_or(|index| index.last_index() == LogIndex::ZERO);
         assert!(
             fresh || first.id.index <= last_index.next(),
             "group {group}: append starts at {} after last index {last_index} (gap)",
@@ -659,8 +659,8 @@ impl Wal {
 
     /// Marks entries of `group` up to `index` as no longer needed (folded into a snapshot).
     pub fn compact(&mut self, group: GroupId, index: LogIndex) {
-        if let Some(group_index) = self.groups.get_mut(&group) {
-            group_index.compact(index);
+        if index > LogIndex::ZERO {
+            self.groups.entry(group).or_default().compact(index);
         }
     }
 

@@ -191,7 +191,7 @@ impl SimDisk {
         len: usize,
     ) -> Result<(), DiskError> {
         let alignment = self.state.borrow().alignment;
-        if offset % alignment as u64 != 0 || len % alignment != 0 {
+        if !offset.is_multiple_of(alignment as u64) || !len.is_multiple_of(alignment) {
             return Err(DiskError::new(
                 op,
                 Some(seq),
@@ -232,7 +232,7 @@ impl Disk for SimDisk {
     fn alloc(&self, len: usize) -> SimBuffer {
         let alignment = self.alignment();
         assert!(
-            len % alignment == 0,
+            len.is_multiple_of(alignment),
             "sim disk: buffer of {len} bytes is not a multiple of {alignment}"
         );
         SimBuffer(vec![0xA5; len])
