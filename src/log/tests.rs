@@ -162,6 +162,40 @@ fn one_append_of_many_groups_is_one_write_and_one_sync() {
 }
 
 #[test]
+fn roll_over_moves_into_a_ready_spare_without_creating_files() {
+    // Segments are allocated ahead of need: an append that fills the active segment continues
+    // in the prepared spare (write, sync, write, sync), and creates no file on that path.
+    let disk = SimDisk::new(Prng::new(12), 4096);
+    let (mut log, _) = open(&disk, small_config()).expect("fresh open");
+    let first_active = log.wal().active_segment();
+    let mut next_index = 1;
+    while log.wal().active_segment() == first_active {
+        let creates = disk.stats().creates;
+        let before = disk.stats();
+        append(
+            &mut log,
+            &[
+                (1, &persist(entries(1, next_index, 2, 1000), None)),
+                (2, &persist(entries(1, next_index, 2, 1000), None)),
+            ],
+        );
+        next_index += 2;
+        assert_eq!(
+            disk.stats().creates,
+            creates,
+            "a file was created on the append path"
+        );
+        let writes = disk.stats().writes - before.writes;
+        assert!(writes == 1 || writes == 2, "{writes} writes for one append");
+        assert_eq!(disk.stats().syncs - before.syncs, writes);
+    }
+    assert!(log.spares_short());
+    block_on(log.prepare_spares()).expect("spares");
+    assert!(!log.spares_short());
+    assert_eq!(fetch_all(&log, 1).len() as u64, next_index - 1);
+}
+
+#[test]
 fn conflicting_suffix_is_replaced_and_stays_replaced_after_restart() {
     // Paper §5.3: appending index 3 in a new term drops the old 3..5, in memory and on replay.
     let disk = SimDisk::new(Prng::new(3), 4096);

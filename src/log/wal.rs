@@ -740,6 +740,11 @@ impl Wal {
         ops
     }
 
+    /// Whether fewer spares are ready than configured (after an append rolled into one).
+    pub fn spares_short(&self) -> bool {
+        self.spares.len() < self.config.spare_segments
+    }
+
     fn next_spare_seq(&self) -> SegmentSeq {
         self.spares.back().copied().unwrap_or(self.active).next()
     }
