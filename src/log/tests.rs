@@ -295,6 +295,37 @@ fn corruption_in_a_sealed_segment_refuses_start_naming_file_and_offset() {
 }
 
 #[test]
+fn damaged_end_of_a_sealed_segment_is_corruption_not_a_torn_tail() {
+    // Only the newest segment may end in a torn write: zeroing the last batch of a sealed
+    // segment is caught because its successor records where it must end.
+    let disk = SimDisk::new(Prng::new(13), 4096);
+    let log = fill_segments(&disk, 12);
+    let first_segment = log.wal().segments()[0];
+    assert!(
+        log.wal().active_segment() > first_segment.next(),
+        "test needs sealed segments"
+    );
+    drop(log);
+    let mut bytes = disk.contents(first_segment).expect("segment exists");
+    let data_end = bytes
+        .iter()
+        .rposition(|&b| b != 0)
+        .expect("segment holds records");
+    let last_block = align_down(data_end as u64, 4096) as usize;
+    bytes[last_block..].fill(0);
+    disk.set_contents(first_segment, bytes);
+    match open(&disk, small_config()) {
+        Err(LogError::Corrupt {
+            segment, reason, ..
+        }) => {
+            assert_eq!(segment, first_segment, "reason: {reason}");
+            assert!(reason.contains("says they end at"), "reason: {reason}");
+        }
+        other => panic!("expected corruption, got {:?}", other.map(|(_, s)| s)),
+    }
+}
+
+#[test]
 fn corruption_in_the_middle_of_the_active_segment_refuses_start() {
     // In the newest segment, a bad record followed by a later valid batch is corruption too.
     let disk = SimDisk::new(Prng::new(6), 512);

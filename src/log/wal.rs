@@ -488,19 +488,8 @@ impl Wal {
             &RecordRef::Batch(header),
         );
         for &position in &batch.chunks {
-            for record in &chunks[position].records {
-                let offset = write_offset + at as u64;
-                let used = record::encode(&mut out[at..], batch.segment, offset, record);
-                self.index_record(
-                    record,
-                    Location {
-                        segment: batch.segment,
-                        offset,
-                        record_bytes: used as u32,
-                    },
-                );
-                at += used;
-            }
+            let records = &chunks[position].records;
+            at = self.encode_records(out, at, batch.segment, write_offset, records);
         }
         assert!(
             write_offset + at as u64 == end,
@@ -515,6 +504,30 @@ impl Wal {
         self.tail_offset = end;
         self.next_write_number += 1;
         (write_offset, buffer)
+    }
+
+    /// Encodes `records` into `out` from byte `at` (the write starts at `write_offset` of
+    /// `segment`), indexes each, and returns where the next record goes.
+    fn encode_records(
+        &mut self,
+        out: &mut [u8],
+        mut at: usize,
+        segment: SegmentSeq,
+        write_offset: u64,
+        records: &[RecordRef<'_>],
+    ) -> usize {
+        for record in records {
+            let offset = write_offset + at as u64;
+            let used = record::encode(&mut out[at..], segment, offset, record);
+            let location = Location {
+                segment,
+                offset,
+                record_bytes: used as u32,
+            };
+            self.index_record(record, location);
+            at += used;
+        }
+        at
     }
 
     fn index_record(&mut self, record: &RecordRef<'_>, location: Location) {
