@@ -196,6 +196,26 @@ fn roll_over_moves_into_a_ready_spare_without_creating_files() {
 }
 
 #[test]
+fn failed_sync_is_returned_and_recovery_keeps_what_was_durable() {
+    // DESIGN §6: a failed sync is reported, never retried; after the crash that follows,
+    // recovery returns at least everything durable before it.
+    let disk = SimDisk::new(Prng::new(14), 4096);
+    let (mut log, _) = open(&disk, small_config()).expect("fresh open");
+    append(&mut log, &[(1, &persist(entries(1, 1, 2, 10), None))]);
+    disk.fail_next(crate::log::DiskOp::Sync);
+    let failed = block_on(log.append(&[(GroupId(1), &persist(entries(1, 3, 1, 10), None))]));
+    assert!(matches!(failed, Err(LogError::Disk(_))), "got {failed:?}");
+    drop(log);
+    disk.crash();
+    let (log, _) = open(&disk, small_config()).expect("reopen");
+    let last = log.restored(GroupId(1)).map(|r| r.last_index);
+    assert!(
+        last == Some(LogIndex(2)) || last == Some(LogIndex(3)),
+        "last {last:?}"
+    );
+}
+
+#[test]
 fn conflicting_suffix_is_replaced_and_stays_replaced_after_restart() {
     // Paper §5.3: appending index 3 in a new term drops the old 3..5, in memory and on replay.
     let disk = SimDisk::new(Prng::new(3), 4096);
