@@ -106,7 +106,10 @@ impl<D: Disk> Log<D> {
         self.wal.spares_short()
     }
 
-    /// Marks entries of `group` up to `index` as no longer needed.
+    /// Marks entries of `group` up to `index` as no longer needed (folded into a snapshot the
+    /// caller keeps). Compaction points are not written to the WAL: after a restart the caller
+    /// calls `compact` again with each group's snapshot index, before appending. A point past
+    /// the WAL's last index (purge recycled every entry of that group) becomes its last index.
     pub fn compact(&mut self, group: GroupId, index: LogIndex) {
         self.wal.compact(group, index);
     }
