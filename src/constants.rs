@@ -60,3 +60,28 @@ pub const GROUP_ID_LIMIT: u32 = 1 << 20;
 const _: () = assert!(BATCH_BYTES_MAX >= 2 * APPEND_BYTES_MAX);
 const _: () = assert!(BATCH_ITEMS_MAX >= 2 * INFLIGHT_APPENDS_MAX);
 const _: () = assert!(GROUPS_PER_CORE_MAX <= GROUP_ID_LIMIT as usize);
+
+/// Bytes of one WAL segment file, by default. Segments are allocated ahead of need at this size.
+pub const WAL_SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+/// The smallest segment the WAL accepts (tests use small segments to exercise roll-over).
+pub const WAL_SEGMENT_BYTES_MIN: u64 = 16 * 1024;
+/// The largest segment the WAL accepts: recovery reads a whole segment into memory.
+pub const WAL_SEGMENT_BYTES_MAX: u64 = 1024 * 1024 * 1024;
+/// The header block at the start of every segment. Records start after it. It is the largest
+/// direct-I/O alignment the WAL supports, so the layout does not depend on the device.
+pub const WAL_HEADER_BLOCK_BYTES: u64 = 4096;
+/// Zero-filled segments kept ready beyond the one being written, by default.
+pub const WAL_SPARE_SEGMENTS_DEFAULT: usize = 2;
+/// Payload bytes of one WAL record; an entry's data plus its fixed fields must fit.
+pub const WAL_RECORD_PAYLOAD_BYTES_MAX: u64 = COMMAND_BYTES_MAX + 4096;
+/// Bytes of one read issued by recovery or by a fetch.
+pub const WAL_READ_BYTES_MAX: u64 = 1024 * 1024;
+/// Voters plus learners of a membership stored in a snapshot mark.
+pub const WAL_MEMBERS_MAX: usize = 1024;
+
+const _: () = assert!(WAL_SEGMENT_BYTES_MIN.is_multiple_of(WAL_HEADER_BLOCK_BYTES));
+const _: () = assert!(WAL_SEGMENT_BYTES_DEFAULT.is_multiple_of(WAL_HEADER_BLOCK_BYTES));
+const _: () = assert!(WAL_SEGMENT_BYTES_MIN <= WAL_SEGMENT_BYTES_DEFAULT);
+const _: () = assert!(WAL_SEGMENT_BYTES_DEFAULT <= WAL_SEGMENT_BYTES_MAX);
+const _: () = assert!(WAL_RECORD_PAYLOAD_BYTES_MAX + 4096 < WAL_SEGMENT_BYTES_DEFAULT);
+const _: () = assert!(WAL_READ_BYTES_MAX.is_multiple_of(WAL_HEADER_BLOCK_BYTES));

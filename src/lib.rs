@@ -8,9 +8,11 @@ pub mod client;
 pub mod constants;
 pub mod ids;
 pub mod kv;
+pub mod log;
 pub mod prng;
 pub mod raft;
 pub mod server;
 pub mod shard;
+pub mod sim;
 pub mod wire;
 
