@@ -27,3 +27,11 @@ const _: () = assert!(HEARTBEAT_INTERVAL_TICKS_DEFAULT < ELECTION_TIMEOUT_TICKS_
 const _: () = assert!(COMMAND_BYTES_MAX <= APPEND_BYTES_MAX);
 const _: () = assert!(APPEND_BYTES_MAX <= UNCOMMITTED_BYTES_MAX);
 const _: () = assert!(INFLIGHT_APPENDS_MAX > 0 && APPEND_ENTRIES_MAX > 0);
+
+/// Bytes of I/O memory each glommio executor registers with each of its three io_uring
+/// rings. Zero (glommio rounds it up to 64 KiB, about 192 KiB locked per executor) is safe
+/// whatever `ulimit -l` says and costs nothing measurable for WAL writes; values of 1-3 MiB
+/// made ring set-up fail with ENOMEM when many executors started at once.
+pub const EXECUTOR_IO_MEMORY_BYTES_DEFAULT: usize = 0;
+/// The most I/O memory an executor may be configured with.
+pub const EXECUTOR_IO_MEMORY_BYTES_MAX: usize = 256 * 1024 * 1024;
