@@ -5,6 +5,8 @@
 
 pub mod constants;
 pub mod ids;
+pub mod log;
 pub mod prng;
 pub mod raft;
 pub mod reactor;
+pub mod sim;

@@ -1,0 +1,1 @@
+//! The simulated disk: a deterministic in-memory `Disk`. Filled in below.

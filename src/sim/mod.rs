@@ -1,0 +1,3 @@
+//! The deterministic simulation room. This branch holds only the simulated disk.
+
+pub mod disk;
