@@ -35,3 +35,6 @@ const _: () = assert!(INFLIGHT_APPENDS_MAX > 0 && APPEND_ENTRIES_MAX > 0);
 pub const EXECUTOR_IO_MEMORY_BYTES_DEFAULT: usize = 0;
 /// The most I/O memory an executor may be configured with.
 pub const EXECUTOR_IO_MEMORY_BYTES_MAX: usize = 256 * 1024 * 1024;
+/// Bytes of zeros written per request when a new WAL segment is allocated.
+pub const WAL_ZERO_FILL_CHUNK_BYTES: u64 = 1024 * 1024;
+const _: () = assert!(WAL_ZERO_FILL_CHUNK_BYTES.is_multiple_of(4096));

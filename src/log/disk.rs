@@ -141,8 +141,12 @@ pub trait Disk {
     async fn create_segment(&self, seq: SegmentSeq, size_bytes: u64) -> Result<(), DiskError>;
 
     /// Writes all of `buffer` at `offset`. Not durable until `sync(seq)`.
-    async fn write(&self, seq: SegmentSeq, offset: u64, buffer: Self::Buffer)
-    -> Result<(), DiskError>;
+    async fn write(
+        &self,
+        seq: SegmentSeq,
+        offset: u64,
+        buffer: Self::Buffer,
+    ) -> Result<(), DiskError>;
 
     /// Makes every completed write to `seq` durable (fdatasync).
     async fn sync(&self, seq: SegmentSeq) -> Result<(), DiskError>;

@@ -280,16 +280,24 @@ where
 /// fail instead, the device is marked not pollable (one harmless "probing iopoll" error line
 /// in the log), and reads work. Call this on each executor before it opens anything else on
 /// that device; calling it again is harmless because the answer is cached per thread.
-pub async fn probe_device(dir: &Path) -> Result<(), ExecutorError> {
+///
+/// Returns the direct-I/O alignment of files in `dir`, as glommio reads it from the device.
+pub async fn probe_device(dir: &Path) -> Result<u64, ExecutorError> {
     let path = dir.join(IOPOLL_PROBE_FILE_NAME);
     let probe_error = |error: GlommioError<()>| ExecutorError::Probe {
         path: path.clone(),
         detail: error.to_string(),
     };
     let file = DmaFile::create(&path).await.map_err(probe_error)?;
+    let alignment = file.alignment();
     file.close().await.map_err(probe_error)?;
     glommio::io::remove(&path).await.map_err(probe_error)?;
-    Ok(())
+    assert!(
+        alignment.is_power_of_two() && alignment >= 512,
+        "direct I/O alignment {alignment} of {} is not a power of two >= 512",
+        dir.display()
+    );
+    Ok(alignment)
 }
 
 #[cfg(test)]
@@ -344,11 +352,13 @@ mod tests {
             .expect("temp dir under target");
         let path = dir.path().to_path_buf();
         let result = run_executor(&ExecutorConfig::new("test-probe"), async move {
-            probe_device(&path).await?;
-            probe_device(&path).await
+            let first = probe_device(&path).await?;
+            let second = probe_device(&path).await?;
+            Ok::<_, ExecutorError>((first, second))
         })
         .expect("executor starts");
-        result.expect("probe succeeds");
+        let (first, second) = result.expect("probe succeeds");
+        assert_eq!(first, second, "alignment changed between probes");
         assert!(!dir.path().join(IOPOLL_PROBE_FILE_NAME).exists());
     }
 }

@@ -4,4 +4,5 @@
 //! This room is the only importer of glommio and the only reader of real time; it must not
 //! contain decisions the simulator would miss: it executes what the pure rooms plan.
 
+pub mod disk;
 pub mod executor;
