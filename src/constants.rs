@@ -28,6 +28,31 @@ const _: () = assert!(COMMAND_BYTES_MAX <= APPEND_BYTES_MAX);
 const _: () = assert!(APPEND_BYTES_MAX <= UNCOMMITTED_BYTES_MAX);
 const _: () = assert!(INFLIGHT_APPENDS_MAX > 0 && APPEND_ENTRIES_MAX > 0);
 
+/// Bytes of one WAL segment file, by default. Segments are allocated ahead of need at this size.
+pub const WAL_SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+/// The smallest segment the WAL accepts (tests use small segments to exercise roll-over).
+pub const WAL_SEGMENT_BYTES_MIN: u64 = 16 * 1024;
+/// The largest segment the WAL accepts: recovery reads a whole segment into memory.
+pub const WAL_SEGMENT_BYTES_MAX: u64 = 1024 * 1024 * 1024;
+/// The header block at the start of every segment. Records start after it. It is the largest
+/// direct-I/O alignment the WAL supports, so the layout does not depend on the device.
+pub const WAL_HEADER_BLOCK_BYTES: u64 = 4096;
+/// Zero-filled segments kept ready beyond the one being written, by default.
+pub const WAL_SPARE_SEGMENTS_DEFAULT: usize = 2;
+/// Payload bytes of one WAL record; an entry's data plus its fixed fields must fit.
+pub const WAL_RECORD_PAYLOAD_BYTES_MAX: u64 = COMMAND_BYTES_MAX + 4096;
+/// Bytes of one read issued by recovery or by a fetch.
+pub const WAL_READ_BYTES_MAX: u64 = 1024 * 1024;
+/// Voters plus learners of a membership stored in a snapshot mark.
+pub const WAL_MEMBERS_MAX: usize = 1024;
+
+const _: () = assert!(WAL_SEGMENT_BYTES_MIN % WAL_HEADER_BLOCK_BYTES == 0);
+const _: () = assert!(WAL_SEGMENT_BYTES_DEFAULT % WAL_HEADER_BLOCK_BYTES == 0);
+const _: () = assert!(WAL_SEGMENT_BYTES_MIN <= WAL_SEGMENT_BYTES_DEFAULT);
+const _: () = assert!(WAL_SEGMENT_BYTES_DEFAULT <= WAL_SEGMENT_BYTES_MAX);
+const _: () = assert!(WAL_RECORD_PAYLOAD_BYTES_MAX + 4096 < WAL_SEGMENT_BYTES_DEFAULT);
+const _: () = assert!(WAL_READ_BYTES_MAX % WAL_HEADER_BLOCK_BYTES == 0);
+
 /// Bytes of I/O memory each glommio executor registers with each of its three io_uring
 /// rings. Zero (glommio rounds it up to 64 KiB, about 192 KiB locked per executor) is safe
 /// whatever `ulimit -l` says and costs nothing measurable for WAL writes; values of 1-3 MiB
@@ -37,4 +62,4 @@ pub const EXECUTOR_IO_MEMORY_BYTES_DEFAULT: usize = 0;
 pub const EXECUTOR_IO_MEMORY_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// Bytes of zeros written per request when a new WAL segment is allocated.
 pub const WAL_ZERO_FILL_CHUNK_BYTES: u64 = 1024 * 1024;
-const _: () = assert!(WAL_ZERO_FILL_CHUNK_BYTES.is_multiple_of(4096));
+const _: () = assert!(WAL_ZERO_FILL_CHUNK_BYTES.is_multiple_of(WAL_HEADER_BLOCK_BYTES));

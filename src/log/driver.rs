@@ -1,0 +1,198 @@
+//! The async driver: runs the planner's operations against any `Disk`, so the simulator and
+//! the reactor share one code path. `Log` owns a `Disk` and a `Wal` and offers open (create or
+//! recover), append (write then sync, returning the durable position), fetch, compact, purge
+//! and spare preparation.
+//!
+//! It decides nothing the planner does not: it only executes plans in order, one at a time,
+//! and turns disk errors into `LogError`. A failed write or sync is returned to the caller,
+//! which must treat it as fatal (DESIGN §6); the driver never retries.
+
+use crate::constants::WAL_READ_BYTES_MAX;
+use crate::ids::{GroupId, LogIndex};
+use crate::log::LogError;
+use crate::log::disk::{Disk, SegmentSeq};
+use crate::log::recovery::{Recovery, RecoverySummary, RestoredGroup};
+use crate::log::wal::{Wal, WalConfig, WalOp, WalPosition};
+use crate::raft::types::{Entry, Persist};
+
+/// One core's WAL on a `Disk`.
+pub struct Log<D: Disk> {
+    disk: D,
+    wal: Wal,
+}
+
+impl<D: Disk> Log<D> {
+    /// Opens the WAL on `disk`: creates it if the directory holds no segment, otherwise
+    /// recovers it (reading every segment once), repairs interrupted spares, and prepares
+    /// spares. Corruption refuses to open, naming file and offset.
+    pub async fn open(disk: D, config: WalConfig) -> Result<(Log<D>, RecoverySummary), LogError> {
+        let alignment = disk.alignment();
+        config.validate(alignment)?;
+        let segments = disk.list_segments().await?;
+        let (wal, ops, summary) = if segments.is_empty() {
+            let (wal, ops) = Wal::create(config, alignment, |len| disk.alloc(len))?;
+            let summary = RecoverySummary {
+                position: wal.position(),
+                ..RecoverySummary::default()
+            };
+            (wal, ops, summary)
+        } else {
+            let recovered = recover(&disk, config, segments).await?;
+            (recovered.wal, recovered.repair, recovered.summary)
+        };
+        let mut log = Log { disk, wal };
+        log.execute(ops).await?;
+        log.prepare_spares().await?;
+        Ok((log, summary))
+    }
+
+    pub fn disk(&self) -> &D {
+        &self.disk
+    }
+
+    pub fn wal(&self) -> &Wal {
+        &self.wal
+    }
+
+    /// The groups the WAL holds anything of.
+    pub fn group_ids(&self) -> Vec<GroupId> {
+        self.wal.group_ids().collect()
+    }
+
+    /// What `group` needs to restart.
+    pub fn restored(&self, group: GroupId) -> Option<RestoredGroup> {
+        self.wal.restored(group)
+    }
+
+    /// Appends many groups' persists as one write and one sync (more only when a segment
+    /// fills), and returns the position that is now durable.
+    pub async fn append(&mut self, batch: &[(GroupId, &Persist)]) -> Result<WalPosition, LogError> {
+        let disk = &self.disk;
+        let plan = self.wal.plan_append(batch, |len| disk.alloc(len))?;
+        let position = plan.position;
+        self.execute(plan.ops).await?;
+        Ok(position)
+    }
+
+    /// Reads entries `first..=last` of `group` back (up to about `bytes_max` bytes, at least
+    /// one entry): the answer to the Raft core's `Ready::fetch`.
+    pub async fn fetch(
+        &self,
+        group: GroupId,
+        first: LogIndex,
+        last: LogIndex,
+        bytes_max: u64,
+    ) -> Result<Vec<Entry>, LogError> {
+        let plan = self.wal.plan_fetch(group, first, last, bytes_max)?;
+        let mut buffers = Vec::with_capacity(plan.reads.len());
+        for read in &plan.reads {
+            buffers.push(self.disk.read(read.segment, read.offset, read.len).await?);
+        }
+        self.wal
+            .decode_fetch(&plan, &buffers)
+            .map_err(|error| self.name_file(error))
+    }
+
+    /// Marks entries of `group` up to `index` as no longer needed.
+    pub fn compact(&mut self, group: GroupId, index: LogIndex) {
+        self.wal.compact(group, index);
+    }
+
+    /// Frees every sealed segment that holds nothing live. Hard states and snapshot marks that
+    /// alone keep an old segment alive are appended again first. Returns the segments freed.
+    pub async fn purge(&mut self) -> Result<usize, LogError> {
+        let rewrites = self.wal.states_to_rewrite();
+        if !rewrites.is_empty() {
+            let batch: Vec<(GroupId, &Persist)> = rewrites
+                .iter()
+                .map(|(group, persist)| (*group, persist))
+                .collect();
+            self.append(&batch).await?;
+        }
+        let before = self.wal.segments().len() - self.wal.spares.len();
+        let disk = &self.disk;
+        let ops = self.wal.plan_purge(|len| disk.alloc(len));
+        self.execute(ops).await?;
+        let after = self.wal.segments().len() - self.wal.spares.len();
+        self.prepare_spares().await?;
+        Ok(before - after)
+    }
+
+    /// Creates spare segments until the configured number are ready. Cheap when they are;
+    /// call it off the latency path after appends that rolled into a new segment.
+    pub async fn prepare_spares(&mut self) -> Result<(), LogError> {
+        let disk = &self.disk;
+        let ops = self.wal.plan_spares(|len| disk.alloc(len));
+        self.execute(ops).await
+    }
+
+    /// Runs operations in order; stops at the first failure.
+    async fn execute(&self, ops: Vec<WalOp<D::Buffer>>) -> Result<(), LogError> {
+        for op in ops {
+            match op {
+                WalOp::Create {
+                    segment,
+                    size_bytes,
+                } => self.disk.create_segment(segment, size_bytes).await?,
+                WalOp::Recycle { from, to } => self.disk.recycle(from, to).await?,
+                WalOp::Remove { segment } => self.disk.remove(segment).await?,
+                WalOp::Write {
+                    segment,
+                    offset,
+                    buffer,
+                } => self.disk.write(segment, offset, buffer).await?,
+                WalOp::Sync { segment } => self.disk.sync(segment).await?,
+            }
+        }
+        Ok(())
+    }
+
+    fn name_file(&self, error: LogError) -> LogError {
+        name_file(&self.disk, error)
+    }
+}
+
+/// Replaces the bare file name in a corruption error with the disk's full path.
+fn name_file<D: Disk>(disk: &D, error: LogError) -> LogError {
+    match error {
+        LogError::Corrupt {
+            segment,
+            offset,
+            reason,
+            ..
+        } => LogError::Corrupt {
+            file: disk.segment_path(segment),
+            segment,
+            offset,
+            reason,
+        },
+        other => other,
+    }
+}
+
+/// Reads every segment once, in chunks, and runs the recovery scan over it.
+async fn recover<D: Disk>(
+    disk: &D,
+    config: WalConfig,
+    segments: Vec<SegmentSeq>,
+) -> Result<crate::log::recovery::Recovered<D::Buffer>, LogError> {
+    let mut recovery = Recovery::new(config, disk.alignment(), segments)?;
+    let order = recovery.segments().to_vec();
+    let mut bytes = Vec::with_capacity(config.segment_bytes as usize);
+    for seq in order {
+        bytes.clear();
+        let mut offset = 0u64;
+        while offset < config.segment_bytes {
+            let len = WAL_READ_BYTES_MAX.min(config.segment_bytes - offset);
+            let chunk = disk.read(seq, offset, len as usize).await?;
+            bytes.extend_from_slice(chunk.as_ref());
+            offset += len;
+        }
+        recovery
+            .scan_segment(seq, &bytes)
+            .map_err(|error| name_file(disk, error))?;
+    }
+    recovery
+        .finish(|len| disk.alloc(len))
+        .map_err(|error| name_file(disk, error))
+}
