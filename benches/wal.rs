@@ -15,13 +15,11 @@ use hdrhistogram::Histogram;
 
 use bytes::Bytes;
 use ringraft::ids::{EntryId, GroupId, LogIndex, Term};
-use ringraft::log::disk::Disk;
 use ringraft::log::{Log, WalConfig};
 use ringraft::raft::types::{Entry, EntryKind, Persist, PersistPosition};
 use ringraft::reactor::disk::DmaDisk;
 use ringraft::reactor::executor::{CorePlacement, ExecutorConfig, run_executor};
 use ringraft::reactor::rawdisk::RawSyncFile;
-
 
 /// Payload bytes of every entry.
 const ENTRY_BYTES: usize = 128;
@@ -64,7 +62,10 @@ fn parse_options() -> Options {
             other => panic!("unknown argument {other:?}"),
         }
     }
-    assert!(options.runs > 0 && options.appends > 0, "runs and appends must be positive");
+    assert!(
+        options.runs > 0 && options.appends > 0,
+        "runs and appends must be positive"
+    );
     options
 }
 
@@ -142,11 +143,7 @@ fn persist_of(append: u64, batch_entries: usize, payload: &Bytes) -> Persist {
 
 /// Measures append+sync through the WAL in a fresh directory; returns the figures and the
 /// bytes the WAL wrote per append in the measured part (aligned writes, all segments).
-async fn measure_wal(
-    dir: &std::path::Path,
-    batch_entries: usize,
-    appends: u64,
-) -> (Figures, u64) {
+async fn measure_wal(dir: &std::path::Path, batch_entries: usize, appends: u64) -> (Figures, u64) {
     let disk = DmaDisk::open(dir).await.expect("open WAL directory");
     let (mut log, _) = Log::open(disk, WalConfig::default())
         .await
@@ -189,7 +186,8 @@ async fn measure_batch(options: &Options, run: usize, batch_entries: usize) -> R
     let raw_dir = options.dir.join(format!("raw-bench-{run}-{batch_entries}"));
     std::fs::create_dir_all(&raw_dir).expect("raw bench directory");
     // Room for every write at the largest alignment (4096), wrapping past 256 MiB.
-    let raw_file_bytes = (wal_write_bytes.next_multiple_of(4096) * (options.appends + WARMUP_APPENDS))
+    let raw_file_bytes = (wal_write_bytes.next_multiple_of(4096)
+        * (options.appends + WARMUP_APPENDS))
         .next_multiple_of(1024 * 1024)
         .min(256 * 1024 * 1024);
     let mut raw = RawSyncFile::create(&raw_dir, "raw.bin", raw_file_bytes)
