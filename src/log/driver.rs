@@ -126,6 +126,37 @@ impl<D: Disk> Log<D> {
         self.execute(ops).await
     }
 
+    /// Runs an append's plan but stops before its sync number `syncs_to_run` (counting from
+    /// zero), as a crash in the middle of the append would; returns how many syncs the plan
+    /// had. The caller then crashes the disk.
+    #[cfg(test)]
+    pub(crate) async fn append_interrupted(
+        &mut self,
+        batch: &[(GroupId, &Persist)],
+        syncs_to_run: usize,
+    ) -> Result<usize, LogError> {
+        let disk = &self.disk;
+        let plan = self.wal.plan_append(batch, |len| disk.alloc(len))?;
+        let sync_count = plan
+            .ops
+            .iter()
+            .filter(|op| matches!(op, WalOp::Sync { .. }))
+            .count();
+        let mut syncs_run = 0;
+        let mut ops = Vec::new();
+        for op in plan.ops {
+            if matches!(op, WalOp::Sync { .. }) {
+                if syncs_run == syncs_to_run {
+                    break;
+                }
+                syncs_run += 1;
+            }
+            ops.push(op);
+        }
+        self.execute(ops).await?;
+        Ok(sync_count)
+    }
+
     /// Runs operations in order; stops at the first failure.
     async fn execute(&self, ops: Vec<WalOp<D::Buffer>>) -> Result<(), LogError> {
         for op in ops {

@@ -143,11 +143,12 @@ impl GroupIndex {
     /// continues the snapshot); otherwise the whole log is discarded (thesis §5.1, as etcd).
     pub fn set_snapshot(&mut self, snapshot: SnapshotMeta, segment: SegmentSeq) {
         let last = snapshot.last;
-        // The log also continues the snapshot when it starts right after it: then the entry at
-        // `last` was compacted away, or the mark is being rewritten by purge.
+        // The log also continues the snapshot when every indexed entry comes after it: the
+        // entries at and before `last` were compacted away, or purge is writing the mark again
+        // (a Raft core never installs a snapshot older than its compacted prefix).
         let continues = (self.term_of(last.index) == Some(last.term)
             && last.index > LogIndex::ZERO)
-            || self.first_index() == Some(last.index.next());
+            || self.first_index().is_some_and(|first| first > last.index);
         if continues {
             self.drop_through(last.index);
         } else {

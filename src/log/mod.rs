@@ -27,6 +27,9 @@ pub mod record;
 pub mod recovery;
 pub mod wal;
 
+#[cfg(test)]
+mod tests;
+
 use thiserror::Error;
 
 use crate::ids::{GroupId, LogIndex};

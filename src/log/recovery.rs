@@ -104,8 +104,9 @@ struct SegmentScan {
     /// Where the complete batches end.
     end: u64,
     stop: Option<Stop>,
-    /// A valid record of this segment lies at or after `end` (the remains of a torn write).
-    remnant: bool,
+    /// Where the last valid record of this segment at or after `end` ends: the remains of a
+    /// torn write, zeroed by the repair so they are not reported again.
+    remnant_end: Option<u64>,
     /// A valid batch header lies after `end`: a later write exists.
     later_batch: Option<u64>,
     /// Bytes `[align_down(end), end)`.
@@ -188,7 +189,7 @@ impl Recovery {
             first_batch: None,
             end: WAL_HEADER_BLOCK_BYTES,
             stop: None,
-            remnant: false,
+            remnant_end: None,
             later_batch: None,
             tail_block: Vec::new(),
         };
@@ -308,7 +309,7 @@ impl Recovery {
         let active = &self.scans[active_position];
         let torn_tail = self.scans[active_position..]
             .iter()
-            .find(|scan| scan.remnant)
+            .find(|scan| scan.remnant_end.is_some())
             .map(|scan| TornTail {
                 segment: scan.seq,
                 offset: scan.end,
@@ -344,10 +345,18 @@ impl Recovery {
         let mut repair = Vec::new();
         let mut reinitialised_segments = 0;
         for scan in &self.scans[active_position..] {
+            let mut dirty = false;
             if scan.header.is_err() {
                 repair.push(wal.header_write(scan.seq, &mut alloc));
-                repair.push(WalOp::Sync { segment: scan.seq });
                 reinitialised_segments += 1;
+                dirty = true;
+            }
+            if let Some(remnant_end) = scan.remnant_end {
+                repair.push(zero_remnants(scan, remnant_end, self.alignment, &mut alloc));
+                dirty = true;
+            }
+            if dirty {
+                repair.push(WalOp::Sync { segment: scan.seq });
             }
         }
         wal.groups.retain(|_, index| {
@@ -368,6 +377,35 @@ impl Recovery {
             repair,
             summary,
         })
+    }
+}
+
+/// A write that keeps the bytes before `scan.end` in its block and zeroes everything up to
+/// the end of the torn write's last surviving record, so that those records never count again.
+fn zero_remnants<B: AsMut<[u8]>>(
+    scan: &SegmentScan,
+    remnant_end: u64,
+    alignment: u64,
+    alloc: &mut impl FnMut(usize) -> B,
+) -> WalOp<B> {
+    let offset = align_down(scan.end, alignment);
+    let len = (record::align_up(remnant_end, alignment) - offset) as usize;
+    let mut buffer = alloc(len);
+    let out = buffer.as_mut();
+    assert!(
+        out.len() == len && scan.tail_block.len() as u64 == scan.end - offset,
+        "zero_remnants: buffer {} for {len}, tail block {} for {}..{}",
+        out.len(),
+        scan.tail_block.len(),
+        offset,
+        scan.end
+    );
+    out[..scan.tail_block.len()].copy_from_slice(&scan.tail_block);
+    out[scan.tail_block.len()..].fill(0);
+    WalOp::Write {
+        segment: scan.seq,
+        offset,
+        buffer,
     }
 }
 
@@ -475,13 +513,13 @@ fn scan_after_end(bytes: &[u8], scan: &mut SegmentScan) {
         let zero_header = rest
             .get(..RECORD_HEADER_BYTES)
             .is_some_and(|header| header.iter().all(|&b| b == 0));
-        if !zero_header && let Ok((view, _)) = record::decode(rest, scan.seq, at as u64) {
+        if !zero_header && let Ok((view, used)) = record::decode(rest, scan.seq, at as u64) {
             match view {
                 RecordView::Batch(_) if at as u64 > scan.end => {
                     scan.later_batch = Some(at as u64);
                     return;
                 }
-                _ => scan.remnant = true,
+                _ => scan.remnant_end = Some((at + used) as u64),
             }
         }
         at += RECORD_ALIGN_BYTES;
