@@ -1,6 +1,6 @@
 //! Real processes doing WAL I/O at the same time: three processes, each with two glommio
-//! executors, each executor with its own WAL directory, all start, write, sync, read back and
-//! succeed. This shows executor start-up (rings, locked memory, placement) and the first-open
+//! executors, each executor with its own WAL directory, all start, append with sync through
+//! the WAL, fetch back and succeed. This shows executor start-up (rings, locked memory, placement) and the first-open
 //! probe hold up when several processes do direct I/O together.
 //!
 //! The binary has `harness = false`: when `RINGRAFT_WAL_CHILD_ROLE` is set it runs as a child.
@@ -10,7 +10,10 @@ mod wal_support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ringraft::log::disk::{Disk, SegmentSeq};
+use bytes::Bytes;
+use ringraft::ids::{EntryId, GroupId, LogIndex, Term};
+use ringraft::log::{Log, WalConfig};
+use ringraft::raft::types::{Entry, EntryKind, Persist, PersistPosition};
 use ringraft::reactor::disk::DmaDisk;
 use ringraft::reactor::executor::{ExecutorConfig, spawn_executor};
 
@@ -22,8 +25,10 @@ use wal_support::{
 const ROLE_TWO_EXECUTORS: &str = "two-executors";
 const PROCESS_COUNT: usize = 3;
 const EXECUTORS_PER_PROCESS: usize = 2;
-const BLOCKS_PER_EXECUTOR: u64 = 64;
-const SEGMENT_BYTES: u64 = 1024 * 1024;
+const BATCHES_PER_EXECUTOR: u64 = 100;
+const ENTRIES_PER_BATCH: u64 = 8;
+const SEGMENT_BYTES: u64 = 128 * 1024;
+const GROUP: GroupId = GroupId(1);
 
 fn main() {
     match std::env::var(CHILD_ROLE_ENV) {
@@ -39,51 +44,74 @@ fn main() {
     }
 }
 
-/// The byte at `position` of block `block` written by executor `executor`.
-fn pattern_byte(executor: usize, block: u64, position: usize) -> u8 {
-    (executor as u64 * 131 + block * 7 + position as u64 % 253) as u8
+/// The entry at `index` written by `executor`: payload bytes depend on both.
+fn entry_of(executor: usize, index: LogIndex) -> Entry {
+    let len = 1 + (index.get() as usize * 37 + executor * 11) % 300;
+    let data: Vec<u8> = (0..len)
+        .map(|position| (executor as u64 * 131 + index.get() * 7 + position as u64) as u8)
+        .collect();
+    Entry {
+        id: EntryId {
+            term: Term(1),
+            index,
+        },
+        kind: EntryKind::Command,
+        data: Bytes::from(data),
+    }
 }
 
-/// One executor's work: open its own WAL directory, create a segment, write and sync blocks,
-/// read every block back and compare.
+/// One executor's work: open its own WAL directory, append batches with sync (rolling over
+/// small segments), then fetch every entry back with DMA reads and compare.
 async fn executor_work(dir: &Path, executor: usize) -> Result<u64, String> {
     let disk = DmaDisk::open(dir)
         .await
         .map_err(|error| error.to_string())?;
-    let seq = SegmentSeq::FIRST;
-    disk.create_segment(seq, SEGMENT_BYTES)
+    let config = WalConfig {
+        segment_bytes: SEGMENT_BYTES,
+        spare_segments: 1,
+    };
+    let (mut log, _) = Log::open(disk, config)
         .await
         .map_err(|error| error.to_string())?;
-    let block_len = disk.alignment();
-    for block in 0..BLOCKS_PER_EXECUTOR {
-        let mut buffer = disk.alloc(block_len);
-        for (position, byte) in buffer.as_mut().iter_mut().enumerate() {
-            *byte = pattern_byte(executor, block, position);
-        }
-        disk.write(seq, block * block_len as u64, buffer)
+    let mut last_index = LogIndex::ZERO;
+    for batch in 1..=BATCHES_PER_EXECUTOR {
+        let persist = Persist {
+            position: PersistPosition(batch),
+            entries: (1..=ENTRIES_PER_BATCH)
+                .map(|offset| entry_of(executor, last_index.plus(offset)))
+                .collect(),
+            hard_state: None,
+            snapshot: None,
+        };
+        log.append(&[(GROUP, &persist)])
             .await
             .map_err(|error| error.to_string())?;
-        disk.sync(seq).await.map_err(|error| error.to_string())?;
+        log.prepare_spares()
+            .await
+            .map_err(|error| error.to_string())?;
+        last_index = last_index.plus(ENTRIES_PER_BATCH);
     }
-    for block in 0..BLOCKS_PER_EXECUTOR {
-        let bytes = disk
-            .read(seq, block * block_len as u64, block_len)
+    let mut next = LogIndex(1);
+    while next <= last_index {
+        let fetched = log
+            .fetch(GROUP, next, last_index, 64 * 1024)
             .await
             .map_err(|error| error.to_string())?;
-        for (position, &byte) in bytes.as_ref().iter().enumerate() {
-            let expected = pattern_byte(executor, block, position);
-            if byte != expected {
-                return Err(format!(
-                    "block {block} byte {position}: read {byte}, wrote {expected}"
-                ));
+        if fetched.is_empty() {
+            return Err(format!("fetch from {next} returned nothing"));
+        }
+        for entry in &fetched {
+            if entry != &entry_of(executor, entry.index()) {
+                return Err(format!("entry {} read back differs", entry.index()));
             }
         }
+        next = fetched.last().map_or(next, Entry::index).next();
     }
-    Ok(disk.stats().sync_count)
+    Ok(last_index.get())
 }
 
 /// Child: two executors, each on its own WAL directory under the given one; prints one
-/// `ok <executor> <syncs>` line per executor, or exits non-zero.
+/// `ok <executor> <entries>` line per executor, or exits non-zero.
 fn child_two_executors() {
     let base = child_path_arg(1);
     let handles: Vec<_> = (0..EXECUTORS_PER_PROCESS)
@@ -98,7 +126,7 @@ fn child_two_executors() {
         .collect();
     for (executor, handle) in handles.into_iter().enumerate() {
         match handle.join() {
-            Ok(Ok(syncs)) => println!("ok {executor} {syncs}"),
+            Ok(Ok(entries)) => println!("ok {executor} {entries}"),
             Ok(Err(message)) => {
                 eprintln!("executor {executor}: {message}");
                 std::process::exit(2);
@@ -112,7 +140,7 @@ fn child_two_executors() {
 }
 
 // Three processes, each with two executors on their own WAL directories, start at once and
-// all report every block written, synced and read back intact.
+// all report every entry appended with sync and fetched back intact.
 fn three_processes_with_two_executors_each_do_wal_io() {
     let dir = temp_dir("ringraft-wal-processes-");
     let mut children: Vec<_> = (0..PROCESS_COUNT)
@@ -129,7 +157,7 @@ fn three_processes_with_two_executors_each_do_wal_io() {
         assert!(status.success(), "process {process} failed: {status}");
         let reported = collect_lines(&lines, deadline);
         let expected: Vec<String> = (0..EXECUTORS_PER_PROCESS)
-            .map(|executor| format!("ok {executor} {BLOCKS_PER_EXECUTOR}"))
+            .map(|executor| format!("ok {executor} {}", BATCHES_PER_EXECUTOR * ENTRIES_PER_BATCH))
             .collect();
         assert_eq!(
             reported, expected,
