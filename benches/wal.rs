@@ -27,6 +27,8 @@ const ENTRY_BYTES: usize = 128;
 const BATCH_ENTRY_COUNTS: [usize; 3] = [1, 16, 256];
 /// Appends before measuring, to settle allocation and the device.
 const WARMUP_APPENDS: u64 = 50;
+/// The group every append goes to.
+const GROUP: GroupId = GroupId(1);
 
 struct Options {
     runs: usize,
@@ -79,28 +81,31 @@ struct Figures {
     mebibytes_per_second: f64,
 }
 
-/// Records per-append latencies, then turns them into `Figures`.
+/// Records per-append latencies and the time spent, then turns them into `Figures`.
 struct Series {
     histogram: Histogram<u64>,
-    started: Instant,
+    /// Time inside the measured calls plus their upkeep (purge, spares): what throughput is
+    /// computed from, since the two series of a run alternate on one executor.
+    busy: Duration,
 }
 
 impl Series {
     fn new() -> Series {
         Series {
             histogram: Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds"),
-            started: Instant::now(),
+            busy: Duration::ZERO,
         }
     }
 
-    fn record(&mut self, elapsed: Duration) {
-        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX).max(1);
+    fn record(&mut self, latency: Duration, upkeep: Duration) {
+        let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX).max(1);
         self.histogram.saturating_record(nanos);
+        self.busy += latency + upkeep;
     }
 
     /// Figures of the series, crediting it with `entry_count` entries of `payload_bytes`.
     fn finish(&self, entry_count: u64, payload_bytes: u64) -> Figures {
-        let seconds = self.started.elapsed().as_secs_f64();
+        let seconds = self.busy.as_secs_f64();
         let quantile_us = |quantile: f64| self.histogram.value_at_quantile(quantile) as f64 / 1e3;
         Figures {
             p50_us: quantile_us(0.5),
@@ -117,7 +122,8 @@ impl Series {
 struct RunResult {
     wal: Figures,
     raw: Figures,
-    /// Bytes the WAL wrote per append, on average, which the raw file then writes too.
+    /// Bytes the WAL wrote per append, on average, in the measured part. The raw file writes
+    /// the warm-up's average, aligned up.
     write_bytes: u64,
 }
 
@@ -141,49 +147,66 @@ fn persist_of(append: u64, batch_entries: usize, payload: &Bytes) -> Persist {
     }
 }
 
-/// Measures append+sync through the WAL in a fresh directory; returns the figures and the
-/// bytes the WAL wrote per append in the measured part (aligned writes, all segments).
-async fn measure_wal(dir: &std::path::Path, batch_entries: usize, appends: u64) -> (Figures, u64) {
-    let disk = DmaDisk::open(dir).await.expect("open WAL directory");
-    let (mut log, _) = Log::open(disk, WalConfig::default())
-        .await
-        .expect("open WAL");
-    let group = GroupId(1);
-    let payload = Bytes::from(vec![0x5A; ENTRY_BYTES]);
-    let mut active = log.wal().active_segment();
-    let mut series = Series::new();
-    let mut stats_before = log.disk().stats();
-    for append in 0..WARMUP_APPENDS + appends {
-        if append == WARMUP_APPENDS {
-            series = Series::new();
-            stats_before = log.disk().stats();
-        }
-        // Building the entries is the caller's work, outside the measured call.
-        let persist = persist_of(append, batch_entries, &payload);
-        let started = Instant::now();
-        log.append(&[(group, &persist)]).await.expect("WAL append");
-        series.record(started.elapsed());
-        // Steady state: what is durable and applied is compacted, and a segment left behind
-        // is recycled rather than a new one zero-filled. Off the latency path, as in a shard.
-        if log.wal().active_segment() != active {
-            active = log.wal().active_segment();
-            log.compact(group, LogIndex((append + 1) * batch_entries as u64));
-            log.purge().await.expect("WAL purge");
-            log.prepare_spares().await.expect("WAL spares");
-        }
-    }
-    let stats = log.disk().stats();
-    let write_bytes = stats.write_bytes - stats_before.write_bytes;
-    let entry_count = appends * batch_entries as u64;
-    let figures = series.finish(entry_count, entry_count * ENTRY_BYTES as u64);
-    (figures, write_bytes / appends)
+/// A WAL under test: appends `batch_entries` entries per call to one group.
+struct WalTarget {
+    log: Log<DmaDisk>,
+    batch_entries: usize,
+    payload: Bytes,
+    next_append: u64,
 }
 
+impl WalTarget {
+    async fn open(dir: &std::path::Path, batch_entries: usize) -> WalTarget {
+        let disk = DmaDisk::open(dir).await.expect("open WAL directory");
+        let (log, _) = Log::open(disk, WalConfig::default())
+            .await
+            .expect("open WAL");
+        WalTarget {
+            log,
+            batch_entries,
+            payload: Bytes::from(vec![0x5A; ENTRY_BYTES]),
+            next_append: 0,
+        }
+    }
+
+    /// One append+sync; returns its latency and the upkeep that followed it.
+    async fn append(&mut self) -> (Duration, Duration) {
+        // Building the entries is the caller's work, outside the measured call.
+        let persist = persist_of(self.next_append, self.batch_entries, &self.payload);
+        self.next_append += 1;
+        let active = self.log.wal().active_segment();
+        let started = Instant::now();
+        self.log
+            .append(&[(GROUP, &persist)])
+            .await
+            .expect("WAL append");
+        let latency = started.elapsed();
+        // Steady state: what is durable and applied is compacted, and a segment left behind
+        // is recycled rather than a new one zero-filled. Off the latency path, as in a shard.
+        let started = Instant::now();
+        if self.log.wal().active_segment() != active {
+            let last_index = self.next_append * self.batch_entries as u64;
+            self.log.compact(GROUP, LogIndex(last_index));
+            self.log.purge().await.expect("WAL purge");
+            self.log.prepare_spares().await.expect("WAL spares");
+        }
+        (latency, started.elapsed())
+    }
+}
+
+/// Measures one batch size: the WAL in a fresh directory, and the raw file written with the
+/// WAL's own average write size, alternating append for append so that both see the same
+/// machine (the cores and the disk are shared).
 async fn measure_batch(options: &Options, run: usize, batch_entries: usize) -> RunResult {
     let wal_dir = options.dir.join(format!("wal-bench-{run}-{batch_entries}"));
-    let (wal, wal_write_bytes) = measure_wal(&wal_dir, batch_entries, options.appends).await;
-    std::fs::remove_dir_all(&wal_dir).expect("remove WAL bench directory");
     let raw_dir = options.dir.join(format!("raw-bench-{run}-{batch_entries}"));
+    let mut wal = WalTarget::open(&wal_dir, batch_entries).await;
+    let stats_before = wal.log.disk().stats();
+    for _ in 0..WARMUP_APPENDS {
+        wal.append().await;
+    }
+    let warmup_stats = wal.log.disk().stats();
+    let wal_write_bytes = (warmup_stats.write_bytes - stats_before.write_bytes) / WARMUP_APPENDS;
     std::fs::create_dir_all(&raw_dir).expect("raw bench directory");
     // Room for every write at the largest alignment (4096), wrapping past 256 MiB.
     let raw_file_bytes = (wal_write_bytes.next_multiple_of(4096)
@@ -197,20 +220,27 @@ async fn measure_batch(options: &Options, run: usize, batch_entries: usize) -> R
     for _ in 0..WARMUP_APPENDS {
         raw.write_and_sync(write_bytes).await.expect("raw warm-up");
     }
-    let mut series = Series::new();
+    let mut wal_series = Series::new();
+    let mut raw_series = Series::new();
+    let stats_before = wal.log.disk().stats();
     for _ in 0..options.appends {
+        let (latency, upkeep) = wal.append().await;
+        wal_series.record(latency, upkeep);
         let started = Instant::now();
         raw.write_and_sync(write_bytes).await.expect("raw write");
-        series.record(started.elapsed());
+        raw_series.record(started.elapsed(), Duration::ZERO);
     }
+    let stats = wal.log.disk().stats();
     let entry_count = options.appends * batch_entries as u64;
-    let raw_figures = series.finish(entry_count, entry_count * ENTRY_BYTES as u64);
+    let payload_bytes = entry_count * ENTRY_BYTES as u64;
     raw.remove().await.expect("remove raw file");
+    drop(wal);
     std::fs::remove_dir_all(&raw_dir).expect("remove raw bench directory");
+    std::fs::remove_dir_all(&wal_dir).expect("remove WAL bench directory");
     RunResult {
-        wal,
-        raw: raw_figures,
-        write_bytes,
+        wal: wal_series.finish(entry_count, payload_bytes),
+        raw: raw_series.finish(entry_count, payload_bytes),
+        write_bytes: (stats.write_bytes - stats_before.write_bytes) / options.appends,
     }
 }
 
