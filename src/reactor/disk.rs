@@ -10,14 +10,14 @@
 //! `log/`. It never retries a failed write or sync (DESIGN §6: fatal, crash and recover).
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use glommio::GlommioError;
 use glommio::io::{Directory, DmaBuffer, DmaFile, OpenOptions, ReadResult};
 
-use crate::constants::WAL_ZERO_FILL_CHUNK_BYTES;
+use crate::constants::{WAL_ZERO_FILL_CHUNK_BYTES, WAL_ZERO_FILL_WRITES_IN_FLIGHT};
 use crate::log::disk::{
     Disk, DiskError, DiskOp, SegmentSeq, parse_segment_file_name, segment_file_name,
 };
@@ -207,33 +207,50 @@ impl DmaDisk {
         );
     }
 
-    /// Writes zeros over `[0, size_bytes)` of `file`, in chunks, and syncs it.
+    /// Writes zeros over `[0, size_bytes)` of `file`, in chunks with a few writes in flight
+    /// (one shared zero buffer), and syncs it.
     async fn zero_fill(
         &self,
-        file: &DmaFile,
+        file: &Rc<DmaFile>,
         seq: SegmentSeq,
         size_bytes: u64,
     ) -> Result<(), DiskError> {
-        let mut offset = 0u64;
-        while offset < size_bytes {
-            let chunk_bytes = (size_bytes - offset).min(WAL_ZERO_FILL_CHUNK_BYTES);
-            let chunk_len = usize::try_from(chunk_bytes).map_err(|_| {
-                DiskError::new(DiskOp::Create, Some(seq), "chunk does not fit in memory")
-            })?;
-            let mut buffer = file.alloc_dma_buffer(chunk_len);
+        let create_error = |message: String| DiskError::new(DiskOp::Create, Some(seq), message);
+        let zeros_of = |len: usize| {
+            let mut buffer = file.alloc_dma_buffer(len);
             buffer.as_bytes_mut().fill(0);
-            let written = file
-                .write_at(buffer, offset)
-                .await
-                .map_err(|error| glommio_error(DiskOp::Create, Some(seq), &error))?;
-            if written != chunk_len {
-                return Err(DiskError::new(
-                    DiskOp::Create,
-                    Some(seq),
-                    format!("short write of zeros: {written} of {chunk_len} bytes at {offset}"),
-                ));
+            Rc::new(buffer)
+        };
+        let chunk_len = WAL_ZERO_FILL_CHUNK_BYTES as usize;
+        let full_chunk = zeros_of(chunk_len.min(size_bytes as usize));
+        let mut in_flight = VecDeque::with_capacity(WAL_ZERO_FILL_WRITES_IN_FLIGHT);
+        let mut offset = 0u64;
+        while offset < size_bytes || !in_flight.is_empty() {
+            if offset < size_bytes && in_flight.len() < WAL_ZERO_FILL_WRITES_IN_FLIGHT {
+                let len = (size_bytes - offset).min(WAL_ZERO_FILL_CHUNK_BYTES) as usize;
+                let zeros = if len == full_chunk.len() {
+                    Rc::clone(&full_chunk)
+                } else {
+                    zeros_of(len)
+                };
+                let writer = Rc::clone(file);
+                let task =
+                    glommio::spawn_local(async move { writer.write_rc_at(zeros, offset).await });
+                in_flight.push_back((offset, len, task));
+                offset += len as u64;
+                continue;
             }
-            offset += chunk_bytes;
+            let Some((at, len, task)) = in_flight.pop_front() else {
+                break;
+            };
+            let written = task
+                .await
+                .map_err(|error| create_error(format!("zero fill at {at}: {error}")))?;
+            if written != len {
+                return Err(create_error(format!(
+                    "short write of zeros: {written} of {len} bytes at {at}"
+                )));
+            }
         }
         file.fdatasync()
             .await
@@ -295,6 +312,7 @@ impl Disk for DmaDisk {
             .dma_open(&creating_path)
             .await
             .map_err(|error| glommio_error(DiskOp::Create, Some(seq), &error))?;
+        let file = Rc::new(file);
         // Real zeros, not fallocate: unwritten extents would still cost metadata on the
         // first write of each block, and a sync would carry it (GLOMMIO.md).
         self.zero_fill(&file, seq, size_bytes).await?;
@@ -304,7 +322,7 @@ impl Disk for DmaDisk {
         self.sync_directory(DiskOp::Create, Some(seq)).await?;
         // Closed and reopened under its final name on first use, so that glommio's error
         // messages name the segment, not the temporary file.
-        file.close()
+        file.close_rc()
             .await
             .map_err(|error| glommio_error(DiskOp::Create, Some(seq), &error))?;
         assert!(
