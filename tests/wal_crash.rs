@@ -43,7 +43,7 @@ const ENTRY_BYTES_MAX: u64 = 700;
 const KEEP_ENTRIES: u64 = 150;
 /// A writer left alone stops after this many batches.
 const WRITER_BATCHES_MAX: u64 = 100_000;
-const ROUNDS: usize = 10;
+const ROUNDS: usize = 24;
 /// The kill comes after 1 to this many reported syncs (plus a random delay).
 const KILL_AFTER_SYNCS_MAX: u64 = 60;
 const FETCH_BYTES_MAX: u64 = 256 * 1024;
@@ -119,6 +119,7 @@ fn child_writer() {
     let dir = child_path_arg(1);
     let data_seed = child_u64_arg(2);
     let outcome = run_executor(&ExecutorConfig::new("crash-writer"), async move {
+        println!("opening");
         let disk = DmaDisk::open(&dir)
             .await
             .map_err(|error| error.to_string())?;
@@ -295,6 +296,7 @@ impl Reports {
             }
             Some("at") => self.durable_end = Some((SegmentSeq(number(1)), number(2))),
             Some("ready") => self.ready = Some(LogIndex(number(1))),
+            Some("opening") => {}
             _ => panic!("unexpected writer line {line:?}"),
         }
     }
@@ -364,7 +366,7 @@ fn kill_and_drain(child: &mut Child, lines: &mpsc::Receiver<String>) -> Vec<Stri
     wal_support::collect_lines(lines, Instant::now() + Duration::from_secs(30))
 }
 
-// Kill a writing child at seeded random moments, ten rounds on one directory; after each
+// Kill a writing child at seeded random moments, 24 rounds on one directory; after each
 // kill every entry reported synced is recovered byte for byte and no entry that was never
 // appended (a torn or stale record) is returned.
 fn synced_batches_survive_sigkill_and_nothing_torn_returns() {
@@ -387,11 +389,14 @@ fn synced_batches_survive_sigkill_and_nothing_torn_returns() {
             ready: None,
         };
         let mut seen = Vec::new();
-        // One round in eight kills the writer while it opens and recovers.
-        let kill_during_open = prng.chance(1, 8);
+        // One round in six kills the writer while it opens and recovers (after it says it
+        // is opening), the others after a seeded number of syncs.
+        let kill_during_open = prng.chance(1, 6);
         let kill_after = prng.range_inclusive(1, KILL_AFTER_SYNCS_MAX);
         let mut syncs_seen = 0;
-        while !kill_during_open && syncs_seen < kill_after {
+        let mut opening_seen = false;
+        while (kill_during_open && !opening_seen) || (!kill_during_open && syncs_seen < kill_after)
+        {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = lines
                 .recv_timeout(left)
@@ -400,6 +405,7 @@ fn synced_batches_survive_sigkill_and_nothing_torn_returns() {
             if line.starts_with("synced ") {
                 syncs_seen += 1;
             }
+            opening_seen |= line == "opening";
             seen.push(line);
         }
         // The fault: a seeded pause of up to 2 ms lands the kill anywhere in the next

@@ -327,6 +327,25 @@ mod tests {
         assert!(error.to_string().contains("test-placement"), "{error}");
     }
 
+    // An ENOMEM from ring set-up is classified as a locked-memory error whose message says
+    // what to change, and other OS errors are not.
+    #[test]
+    fn enomem_is_reported_as_locked_memory() {
+        let config = ExecutorConfig::new("test-enomem");
+        let enomem = GlommioError::<()>::IoError(io::Error::from_raw_os_error(libc::ENOMEM));
+        let error = config.start_error(&enomem);
+        assert!(
+            matches!(error, ExecutorError::LockedMemory { .. }),
+            "unexpected error {error:?}"
+        );
+        assert!(error.to_string().contains("ulimit -l"), "{error}");
+        let eperm = GlommioError::<()>::IoError(io::Error::from_raw_os_error(libc::EPERM));
+        assert!(
+            matches!(config.start_error(&eperm), ExecutorError::Start { .. }),
+            "EPERM is not a locked-memory error"
+        );
+    }
+
     // A panic inside the executor's future comes back from join with its message.
     #[test]
     fn panic_in_executor_is_reported_by_join() {
