@@ -85,3 +85,18 @@ const _: () = assert!(WAL_SEGMENT_BYTES_MIN <= WAL_SEGMENT_BYTES_DEFAULT);
 const _: () = assert!(WAL_SEGMENT_BYTES_DEFAULT <= WAL_SEGMENT_BYTES_MAX);
 const _: () = assert!(WAL_RECORD_PAYLOAD_BYTES_MAX + 4096 < WAL_SEGMENT_BYTES_DEFAULT);
 const _: () = assert!(WAL_READ_BYTES_MAX.is_multiple_of(WAL_HEADER_BLOCK_BYTES));
+const _: () = assert!(WAL_READ_BYTES_MAX % WAL_HEADER_BLOCK_BYTES == 0);
+
+/// Bytes of I/O memory each glommio executor registers with each of its three io_uring
+/// rings. Zero (glommio rounds it up to 64 KiB, about 192 KiB locked per executor) is safe
+/// whatever `ulimit -l` says and costs nothing measurable for WAL writes; values of 1-3 MiB
+/// made ring set-up fail with ENOMEM when many executors started at once.
+pub const EXECUTOR_IO_MEMORY_BYTES_DEFAULT: usize = 0;
+/// The most I/O memory an executor may be configured with.
+pub const EXECUTOR_IO_MEMORY_BYTES_MAX: usize = 256 * 1024 * 1024;
+/// Bytes of zeros written per request when a new WAL segment is allocated.
+pub const WAL_ZERO_FILL_CHUNK_BYTES: u64 = 1024 * 1024;
+/// Zero-filling writes in flight at once while a segment is allocated (GLOMMIO.md: 1 MiB x 4
+/// write-behind reached 1.5-1.7 GB/s).
+pub const WAL_ZERO_FILL_WRITES_IN_FLIGHT: usize = 4;
+const _: () = assert!(WAL_ZERO_FILL_CHUNK_BYTES.is_multiple_of(WAL_HEADER_BLOCK_BYTES));

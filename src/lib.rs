@@ -11,6 +11,7 @@ pub mod kv;
 pub mod log;
 pub mod prng;
 pub mod raft;
+pub mod reactor;
 pub mod server;
 pub mod shard;
 pub mod sim;
