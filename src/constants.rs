@@ -27,3 +27,15 @@ const _: () = assert!(HEARTBEAT_INTERVAL_TICKS_DEFAULT < ELECTION_TIMEOUT_TICKS_
 const _: () = assert!(COMMAND_BYTES_MAX <= APPEND_BYTES_MAX);
 const _: () = assert!(APPEND_BYTES_MAX <= UNCOMMITTED_BYTES_MAX);
 const _: () = assert!(INFLIGHT_APPENDS_MAX > 0 && APPEND_ENTRIES_MAX > 0);
+
+/// Simulated time units per tick: messages and syncs complete between ticks, not on them.
+pub const SIM_TICK_UNITS: u64 = 8;
+/// Ticks of fault injection per simulated seed, unless a caller asks for another count.
+pub const SIM_SAFETY_TICKS_DEFAULT: u64 = 300;
+/// Ticks a healed simulated cluster has to elect leaders and commit in every group.
+pub const SIM_LIVENESS_TICKS_MAX: u64 = 400;
+/// `Ready`s one simulated replica may produce in a row before the simulator calls it a loop.
+pub const SIM_READY_ROUNDS_MAX: usize = 1000;
+
+const _: () = assert!(SIM_TICK_UNITS >= 2);
+const _: () = assert!(SIM_LIVENESS_TICKS_MAX > 4 * ELECTION_TIMEOUT_TICKS_DEFAULT as u64);

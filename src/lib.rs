@@ -7,3 +7,4 @@ pub mod constants;
 pub mod ids;
 pub mod prng;
 pub mod raft;
+pub mod sim;
