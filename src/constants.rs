@@ -34,6 +34,8 @@ pub const SIM_TICK_UNITS: u64 = 8;
 pub const SIM_SAFETY_TICKS_DEFAULT: u64 = 300;
 /// Ticks a healed simulated cluster has to elect leaders and commit in every group.
 pub const SIM_LIVENESS_TICKS_MAX: u64 = 400;
+/// Extra ticks the liveness phase grants per entry of the longest log (catch-up time).
+pub const SIM_LIVENESS_TICKS_PER_ENTRY: u64 = 8;
 /// `Ready`s one simulated replica may produce in a row before the simulator calls it a loop.
 pub const SIM_READY_ROUNDS_MAX: usize = 1000;
 

@@ -43,6 +43,9 @@ struct SimArgs {
     /// Ticks of fault injection before the liveness phase.
     #[arg(long, default_value_t = ringraft::constants::SIM_SAFETY_TICKS_DEFAULT)]
     ticks: u64,
+    /// Print every event of the run (with `--seed`).
+    #[arg(long)]
+    trace: bool,
     /// Threads for a sweep.
     #[arg(long, default_value_t = 1)]
     jobs: usize,
@@ -70,6 +73,7 @@ fn main() -> anyhow::Result<()> {
 fn sim(args: &SimArgs) -> anyhow::Result<()> {
     let mut template = SimConfig::new(args.first_seed, args.nodes as usize, args.groups as usize);
     template.safety_ticks = args.ticks;
+    template.trace = args.trace && args.seed.is_some();
     if let Some(seed) = args.seed {
         println!("seed {seed}");
         let report = run_seed(SimConfig { seed, ..template })?;

@@ -11,7 +11,9 @@
 
 use bytes::Bytes;
 
-use crate::constants::{SIM_LIVENESS_TICKS_MAX, SIM_READY_ROUNDS_MAX, SIM_TICK_UNITS};
+use crate::constants::{
+    SIM_LIVENESS_TICKS_MAX, SIM_LIVENESS_TICKS_PER_ENTRY, SIM_READY_ROUNDS_MAX, SIM_TICK_UNITS,
+};
 use crate::ids::{EntryId, GroupId, LogIndex, NodeId, Term};
 use crate::prng::Prng;
 use crate::raft::{
@@ -214,7 +216,7 @@ impl Cluster {
     }
 
     /// Heal every fault, restart every node, and require each group to elect a leader and
-    /// commit a fresh proposal on every node within `SIM_LIVENESS_TICKS_MAX` ticks.
+    /// apply a fresh proposal on every node within a bounded number of ticks.
     fn run_liveness_phase(&mut self) -> Checked<()> {
         self.network.heal();
         self.partition_until_tick = None;
@@ -230,7 +232,16 @@ impl Cluster {
         let mut markers: Vec<Vec<EntryId>> = vec![Vec::new(); group_count];
         let mut proposed_terms: Vec<Vec<Term>> = vec![Vec::new(); group_count];
         let mut done = vec![false; group_count];
-        for ticks in 0..SIM_LIVENESS_TICKS_MAX {
+        // Catching up a long backlog one small append at a time takes time proportional to
+        // it; the bound grows with the longest log so that only a stall fails.
+        let longest_log = self
+            .nodes
+            .iter()
+            .flat_map(|node| node.storages.iter().map(|s| s.view().last_index().get()))
+            .max()
+            .unwrap_or(0);
+        let ticks_max = SIM_LIVENESS_TICKS_MAX + SIM_LIVENESS_TICKS_PER_ENTRY * longest_log;
+        for ticks in 0..ticks_max {
             self.run_one_tick()?;
             for group in 0..group_count {
                 if done[group] {
@@ -260,7 +271,7 @@ impl Cluster {
             group_id(group),
             format!(
                 "liveness: after healing, no leader committed a new proposal on every node \
-                 within {SIM_LIVENESS_TICKS_MAX} ticks (markers proposed: {:?}, leader now: {:?})",
+                 within {ticks_max} ticks (markers proposed: {:?}, leader now: {:?})",
                 markers[group],
                 self.leader_of(group)
                     .map(|seen| (self.nodes[seen.node].id, seen.term))
@@ -318,7 +329,6 @@ impl Cluster {
                 }
             }
         }
-        self.report.ticks = self.tick;
         Ok(())
     }
 
@@ -335,12 +345,20 @@ impl Cluster {
                 format!("message for unknown group: {message:?}"),
             ));
         };
-        let Some(replica) = self.nodes[node].replicas.get_mut(group_index) else {
+        if !self.nodes[node].is_up() {
             // The node is down: the message is lost.
             return Ok(());
-        };
+        }
         // Every message here came from a correct sender: a refusal is a bug.
         let shown = format!("{message:?}");
+        if self.config.trace {
+            println!(
+                "[{}.{}] deliver {shown}",
+                self.tick,
+                self.now % SIM_TICK_UNITS
+            );
+        }
+        let replica = &mut self.nodes[node].replicas[group_index];
         if let Err(error) = replica.raft.step(message) {
             return Err(violation(group, format!("step refused {shown}: {error}")));
         }
@@ -350,36 +368,48 @@ impl Cluster {
     /// Finish the writes and the WAL read of one replica that are due now.
     fn complete_io(&mut self, node: usize, group: usize) -> Checked<()> {
         let now = self.now;
-        let completed = self.nodes[node].storages[group]
-            .complete_due(now)
-            .map_err(|error| violation(group_id(group), format!("node {}: {error}", node + 1)))?;
-        if let Some(position) = completed.position {
+        let mut position = None;
+        loop {
+            let completed = self.nodes[node].storages[group]
+                .complete_next(now)
+                .map_err(|error| {
+                    violation(group_id(group), format!("node {}: {error}", node + 1))
+                })?;
+            let Some(completed) = completed else {
+                break;
+            };
+            position = completed.position.or(position);
+            self.release(node, group, completed.messages)?;
+        }
+        if let Some(position) = position {
             self.nodes[node].replicas[group].raft.on_persisted(position);
         }
-        self.release(node, group, completed.messages)?;
         let replica = &mut self.nodes[node].replicas[group];
         if let Some((fetch, done_at)) = replica.fetch
             && done_at <= now
         {
             replica.fetch = None;
+            // The read sees the log as it is now, which a truncation since the request may
+            // have changed: the core must cope, as it would with a real WAL.
             let log = self.nodes[node].storages[group].view();
-            if fetch.first > fetch.last || fetch.last > log.last_index() {
-                return Err(violation(
-                    group_id(group),
-                    format!(
-                        "node {}: fetch of [{}, {}] beyond the log's last index {}",
-                        node + 1,
-                        fetch.first,
-                        fetch.last,
-                        log.last_index()
-                    ),
-                ));
-            }
             let entries = log.entries_between(fetch.first, fetch.last, fetch.bytes_max);
             self.report.fetches += 1;
             self.nodes[node].replicas[group].raft.on_fetched(entries);
         }
         self.drain(node, group)
+    }
+
+    fn trace(&self, node: usize, group: usize, what: impl FnOnce() -> String) {
+        if self.config.trace {
+            println!(
+                "[{}.{}] n{} g{}: {}",
+                self.tick,
+                self.now % SIM_TICK_UNITS,
+                node + 1,
+                group + 1,
+                what()
+            );
+        }
     }
 
     /// Handle every `Ready` the replica has, until it has none.
@@ -417,6 +447,22 @@ impl Cluster {
         } = ready;
         let node_id = self.nodes[node].id;
         let gid = group_id(group);
+        self.trace(node, group, || {
+            let persisted = persist.as_ref().map(|p| {
+                let first = p.entries.first().map(|e| e.id);
+                let last = p.entries.last().map(|e| e.id);
+                (p.position, first, last, p.hard_state)
+            });
+            let applied = (
+                committed_entries.first().map(|e| e.id),
+                committed_entries.last().map(|e| e.id),
+            );
+            format!(
+                "ready soft={soft_state:?} persist={persisted:?} now={messages:?} \
+                 after={messages_after_persist:?} apply={applied:?} reads={read_states:?} \
+                 fetch={fetch:?}"
+            )
+        });
         let first_written = persist
             .as_ref()
             .and_then(|p| p.entries.first())
@@ -461,6 +507,21 @@ impl Cluster {
                 .map_err(|detail| violation(gid, detail))?;
         }
         if let Some(fetch) = fetch {
+            let log = self.nodes[node].storages[group].view();
+            if fetch.first == LogIndex::ZERO
+                || fetch.first > fetch.last
+                || fetch.last > log.last_index()
+            {
+                return Err(violation(
+                    gid,
+                    format!(
+                        "node {node_id}: fetch of [{}, {}] outside the log, which ends at {}",
+                        fetch.first,
+                        fetch.last,
+                        log.last_index()
+                    ),
+                ));
+            }
             let done_at = self.now
                 + self
                     .prng
@@ -623,7 +684,9 @@ impl Cluster {
         };
         self.next_command += 1;
         let data = Bytes::from(format!("n{} c{}", node + 1, self.next_command));
-        match self.nodes[node].replicas[group].raft.propose(data) {
+        let result = self.nodes[node].replicas[group].raft.propose(data);
+        self.trace(node, group, || format!("propose: {result:?}"));
+        match result {
             Ok(_) => self.report.proposals_accepted += 1,
             Err(_) => self.report.proposals_refused += 1,
         }
@@ -712,6 +775,13 @@ impl Cluster {
             }
         }
         self.report.partitions += 1;
+        if self.config.trace {
+            println!(
+                "[{}] partition {:?}",
+                self.tick,
+                self.network.blocked_links()
+            );
+        }
         self.partition_until_tick = Some(self.tick + self.prng.range_inclusive(5, 60));
     }
 
@@ -735,6 +805,7 @@ impl Cluster {
                 violation(group_id(group), format!("node {}: {error}", node + 1))
             })?;
         }
+        self.trace(node, 0, || "crash".to_string());
         self.nodes[node].replicas.clear();
         self.nodes[node].restart_at_tick = Some(self.tick + self.prng.range_inclusive(2, 40));
         self.report.crashes += 1;
@@ -750,6 +821,7 @@ impl Cluster {
             node + 1
         );
         self.nodes[node].restart_at_tick = None;
+        self.trace(node, 0, || "restart".to_string());
         for group in 0..self.config.group_count {
             let durable = self.nodes[node].storages[group].durable();
             let restored = RestoredState {
@@ -811,6 +883,7 @@ impl Cluster {
     }
 
     fn finish_report(&mut self) {
+        self.report.ticks = self.config.safety_ticks;
         self.report.network = self.network.stats;
         self.report.committed_entries = self
             .checkers

@@ -35,6 +35,8 @@ pub struct SimConfig {
     pub group_count: usize,
     /// Ticks of the fault-injecting safety phase.
     pub safety_ticks: u64,
+    /// Print every event to stdout (for replaying one failing seed).
+    pub trace: bool,
     /// A rule the core deliberately breaks, to show the checkers catch it.
     #[cfg(test)]
     pub canary: Option<crate::raft::Canary>,
@@ -47,6 +49,7 @@ impl SimConfig {
             node_count,
             group_count,
             safety_ticks: SIM_SAFETY_TICKS_DEFAULT,
+            trace: false,
             #[cfg(test)]
             canary: None,
         }

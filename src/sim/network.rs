@@ -164,6 +164,12 @@ impl SimNetwork {
         self.blocked.insert((from, to));
     }
 
+    pub fn blocked_links(&self) -> Vec<(NodeId, NodeId)> {
+        let mut links: Vec<(NodeId, NodeId)> = self.blocked.iter().copied().collect();
+        links.sort_unstable();
+        links
+    }
+
     pub fn heal(&mut self) {
         self.blocked.clear();
     }

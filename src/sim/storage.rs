@@ -230,10 +230,10 @@ struct PendingWrite {
     done_at: u64,
 }
 
-/// What a completed sync hands back to the driver.
+/// What one completed sync hands back to the driver.
 #[derive(Debug, Default)]
 pub struct Completed {
-    /// The highest position made durable, for `on_persisted`.
+    /// The position made durable, for `on_persisted`.
     pub position: Option<PersistPosition>,
     /// Messages that were waiting for these writes.
     pub messages: Vec<Message>,
@@ -294,24 +294,24 @@ impl SimStorage {
         Ok(())
     }
 
-    /// Complete every write whose sync is due at `now`.
-    pub fn complete_due(&mut self, now: u64) -> Result<Completed, StorageError> {
-        let mut completed = Completed::default();
-        while self
-            .pending
-            .front()
-            .is_some_and(|write| write.done_at <= now)
-        {
-            let Some(write) = self.pending.pop_front() else {
-                break;
-            };
-            if let Some(persist) = &write.persist {
-                self.durable.apply(persist)?;
-                completed.position = Some(persist.position);
-            }
-            completed.messages.extend(write.messages);
+    /// Complete the oldest write if its sync is due at `now`. One at a time, so that the
+    /// messages waiting on a write leave while the disk holds exactly what they promise.
+    pub fn complete_next(&mut self, now: u64) -> Result<Option<Completed>, StorageError> {
+        if self.pending.front().is_none_or(|write| write.done_at > now) {
+            return Ok(None);
         }
-        Ok(completed)
+        let Some(write) = self.pending.pop_front() else {
+            return Ok(None);
+        };
+        let mut completed = Completed {
+            position: None,
+            messages: write.messages,
+        };
+        if let Some(persist) = &write.persist {
+            self.durable.apply(persist)?;
+            completed.position = Some(persist.position);
+        }
+        Ok(Some(completed))
     }
 
     /// Power loss: the first `survivors` pending writes reached the disk, the rest did not;
@@ -366,9 +366,13 @@ mod tests {
         assert_eq!(storage.view().last_index(), LogIndex(2));
         assert_eq!(storage.durable().last_index(), LogIndex(0));
         // The second write may not overtake the first one.
-        assert_eq!(storage.complete_due(4).unwrap().position, None);
-        let done = storage.complete_due(5).unwrap();
+        assert!(storage.complete_next(4).unwrap().is_none());
+        let done = storage.complete_next(5).unwrap().unwrap();
+        assert_eq!(done.position, Some(PersistPosition(1)));
+        assert_eq!(storage.durable().last_index(), LogIndex(1));
+        let done = storage.complete_next(5).unwrap().unwrap();
         assert_eq!(done.position, Some(PersistPosition(2)));
+        assert!(storage.complete_next(5).unwrap().is_none());
         storage
             .submit(Some(write(3, vec![entry(2, 3)], None)), Vec::new(), 9)
             .unwrap();
