@@ -22,11 +22,20 @@ pub const COMMAND_BYTES_MAX: u64 = 1024 * 1024;
 pub const TAIL_BYTES_MAX: u64 = 4 * 1024 * 1024;
 /// Pending ReadIndex requests per group.
 pub const READ_INDEX_PENDING_MAX: usize = 4096;
+/// Entry bytes in flight to one follower in the replicate state.
+pub const INFLIGHT_BYTES_MAX: u64 = 16 * 1024 * 1024;
+/// Entry bytes handed to the state machine by one Raft `Ready`.
+pub const APPLY_BYTES_MAX: u64 = 4 * 1024 * 1024;
+/// Voters of one group; vote tallies are bitsets of this many bits.
+pub const VOTERS_MAX: usize = 32;
 
 const _: () = assert!(HEARTBEAT_INTERVAL_TICKS_DEFAULT < ELECTION_TIMEOUT_TICKS_DEFAULT);
 const _: () = assert!(COMMAND_BYTES_MAX <= APPEND_BYTES_MAX);
 const _: () = assert!(APPEND_BYTES_MAX <= UNCOMMITTED_BYTES_MAX);
 const _: () = assert!(INFLIGHT_APPENDS_MAX > 0 && APPEND_ENTRIES_MAX > 0);
+const _: () = assert!(APPEND_BYTES_MAX <= INFLIGHT_BYTES_MAX);
+const _: () = assert!(COMMAND_BYTES_MAX <= APPLY_BYTES_MAX);
+const _: () = assert!(VOTERS_MAX > 0 && VOTERS_MAX <= 64);
 
 /// Simulated time units per tick: messages and syncs complete between ticks, not on them.
 pub const SIM_TICK_UNITS: u64 = 8;

@@ -2,7 +2,26 @@
 //! cursors (`on_persisted`, `on_applied`) and returns what to persist, send and apply as a
 //! `Ready`. It performs no I/O, reads no clock, owns no global RNG and is not async; time
 //! arrives as `tick()`, randomness as a seeded `Prng`.
+//!
+//! Snapshot install and membership change have their places in the types but are a later
+//! issue: `step` answers `InstallSnapshot` with `StepError::SnapshotUnsupported`, and
+//! membership entries received from a leader are stored and applied like any other entry
+//! without changing the configuration.
 
+pub mod config;
+mod election;
+pub mod errors;
+mod log;
+pub mod node;
+mod progress;
+pub mod quorum;
+mod read_index;
+mod replication;
+#[cfg(test)]
+mod tests;
 pub mod types;
 
+pub use config::*;
+pub use errors::*;
+pub use node::{RaftNode, Status};
 pub use types::*;

@@ -1,0 +1,442 @@
+//! One group's view of its Raft log in memory: the term of every index as runs of equal
+//! terms, a bounded tail of recent entries, one window of entries fetched back from the
+//! WAL, and the cursors of persistence (what was handed out to be written, what is
+//! durable). It must not perform I/O: entries that are not in memory are reported missing
+//! and the caller of this module asks for them through `Ready::fetch`.
+
+use std::collections::VecDeque;
+
+use crate::ids::{EntryId, LogIndex, Term};
+use crate::raft::types::{Entry, PersistPosition};
+
+/// A read of entries that are not in memory: the first index missing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Missing(pub LogIndex);
+
+#[derive(Debug)]
+pub(crate) struct RaftLog {
+    /// The entry before the first entry of the log (the snapshot's last, or ZERO).
+    before_first: EntryId,
+    /// First entry of each run of equal terms, strictly ascending in index and term; covers
+    /// `(before_first.index, last.index]`, empty exactly when that range is empty.
+    term_runs: Vec<EntryId>,
+    last: EntryId,
+    /// A contiguous suffix of the log (possibly empty): its back is `last` when non-empty.
+    tail: VecDeque<Entry>,
+    tail_bytes: u64,
+    /// Entries fetched from the WAL: contiguous, each matching `term_runs`, possibly empty.
+    window: Vec<Entry>,
+    /// Every entry up to here was handed out in some `Persist`; later ones must still be.
+    written: LogIndex,
+    /// Every entry up to here is durable (and matches this log).
+    persisted: LogIndex,
+    /// Persists handed out and not yet durable: position and the log's last index it reaches.
+    in_flight: VecDeque<(PersistPosition, LogIndex)>,
+}
+
+impl RaftLog {
+    /// The log after a restart: everything restored is durable; nothing is in memory.
+    pub fn restore(
+        before_first: EntryId,
+        term_runs: Vec<EntryId>,
+        last_index: LogIndex,
+    ) -> RaftLog {
+        assert!(
+            last_index >= before_first.index,
+            "log restore: last index {last_index} below snapshot {before_first}"
+        );
+        if last_index == before_first.index {
+            assert!(
+                term_runs.is_empty(),
+                "log restore: runs {term_runs:?} for an empty log"
+            );
+        } else {
+            let first = term_runs.first().map(|run| run.index);
+            assert!(
+                first == Some(before_first.index.next()),
+                "log restore: first run {first:?} does not start after {before_first}"
+            );
+        }
+        for pair in term_runs.windows(2) {
+            assert!(
+                pair[0].index < pair[1].index && pair[0].term < pair[1].term,
+                "log restore: runs not ascending: {} then {}",
+                pair[0],
+                pair[1]
+            );
+        }
+        let last_term = term_runs.last().map_or(before_first.term, |run| run.term);
+        if let Some(run) = term_runs.last() {
+            assert!(
+                run.index <= last_index && run.term >= before_first.term,
+                "log restore: last run {run} beyond last index {last_index}"
+            );
+        }
+        RaftLog {
+            before_first,
+            term_runs,
+            last: EntryId::new(last_term, last_index),
+            tail: VecDeque::new(),
+            tail_bytes: 0,
+            window: Vec::new(),
+            written: last_index,
+            persisted: last_index,
+            in_flight: VecDeque::new(),
+        }
+    }
+
+    pub fn last(&self) -> EntryId {
+        self.last
+    }
+
+    pub fn persisted(&self) -> LogIndex {
+        self.persisted
+    }
+
+    /// Entries up to here were handed out in some `Persist`.
+    pub fn written(&self) -> LogIndex {
+        self.written
+    }
+
+    pub fn before_first(&self) -> EntryId {
+        self.before_first
+    }
+
+    /// The first index held by the tail (`last + 1` when the tail is empty).
+    pub fn tail_first(&self) -> LogIndex {
+        LogIndex(self.last.index.get() + 1 - self.tail.len() as u64)
+    }
+
+    #[cfg(test)]
+    pub fn tail_bytes(&self) -> u64 {
+        self.tail_bytes
+    }
+
+    /// The term of entry `index`, from memory; `None` beyond the log or before its start.
+    pub fn term_at(&self, index: LogIndex) -> Option<Term> {
+        if index == self.before_first.index {
+            return Some(self.before_first.term);
+        }
+        if index < self.before_first.index || index > self.last.index {
+            return None;
+        }
+        // Fast path: most lookups are in the newest run.
+        let newest = self.term_runs.last()?;
+        if index >= newest.index {
+            return Some(newest.term);
+        }
+        let position = self.term_runs.partition_point(|run| run.index <= index);
+        // position >= 1 because the first run starts right after before_first.
+        self.term_runs
+            .get(position.checked_sub(1)?)
+            .map(|run| run.term)
+    }
+
+    /// Whether this log holds entry `id`.
+    pub fn matches(&self, id: EntryId) -> bool {
+        self.term_at(id.index) == Some(id.term)
+    }
+
+    /// The last entry at or below `index` whose term is at most `term` (fast backtracking,
+    /// thesis §5.3 / etcd's findConflictByTerm). Walks runs backwards: O(runs).
+    pub fn find_conflict_by_term(&self, index: LogIndex, term: Term) -> EntryId {
+        let mut index = index.min(self.last.index);
+        if index <= self.before_first.index {
+            return self.before_first;
+        }
+        let mut position = self.term_runs.partition_point(|run| run.index <= index);
+        while let Some(run_position) = position.checked_sub(1) {
+            let Some(run) = self.term_runs.get(run_position) else {
+                break;
+            };
+            if run.term <= term {
+                return EntryId::new(run.term, index);
+            }
+            index = LogIndex(run.index.get() - 1);
+            position = run_position;
+        }
+        self.before_first
+    }
+
+    /// An entry from memory (tail, then fetched window).
+    pub fn entry(&self, index: LogIndex) -> Option<&Entry> {
+        let tail_first = self.tail_first();
+        if index >= tail_first {
+            return self.tail.get(index.distance_from(tail_first) as usize);
+        }
+        let window_first = self.window.first()?.index();
+        if index < window_first {
+            return None;
+        }
+        self.window.get(index.distance_from(window_first) as usize)
+    }
+
+    /// Clones of entries from `first` on, at most `count_max` and (beyond the first) at most
+    /// `bytes_max` bytes, not past `last_max`. Stops early at an entry not in memory; if even
+    /// `first` is missing, returns `Missing(first)`.
+    pub fn entries(
+        &self,
+        first: LogIndex,
+        last_max: LogIndex,
+        limits: (usize, u64),
+    ) -> Result<Vec<Entry>, Missing> {
+        let (count_max, bytes_max) = limits;
+        let last_max = last_max.min(self.last.index);
+        if first > last_max {
+            return Ok(Vec::new());
+        }
+        let count_wanted = (last_max.distance_from(first) + 1).min(count_max as u64) as usize;
+        let mut entries = Vec::with_capacity(count_wanted);
+        let mut bytes = 0u64;
+        let mut index = first;
+        while index <= last_max && entries.len() < count_max {
+            let Some(entry) = self.entry(index) else {
+                break;
+            };
+            bytes += entry.size_bytes();
+            if !entries.is_empty() && bytes > bytes_max {
+                break;
+            }
+            entries.push(entry.clone());
+            index = index.next();
+        }
+        if entries.is_empty() {
+            return Err(Missing(first));
+        }
+        Ok(entries)
+    }
+
+    /// Append one entry right after `last` (a leader's proposal).
+    pub fn push(&mut self, entry: Entry) {
+        assert!(
+            entry.index() == self.last.index.next() && entry.term() >= self.last.term,
+            "log push: entry {} does not follow last {}",
+            entry.id,
+            self.last
+        );
+        if entry.term() != self.last.term || self.term_runs.is_empty() {
+            self.term_runs.push(entry.id);
+        }
+        self.last = entry.id;
+        self.tail_bytes += entry.size_bytes();
+        self.tail.push_back(entry);
+    }
+
+    /// Remove every entry from `index` on (a follower's conflicting suffix, §5.3).
+    pub fn truncate_from(&mut self, index: LogIndex) {
+        assert!(
+            index > self.before_first.index && index <= self.last.index,
+            "log truncate: index {index} outside ({}, {}]",
+            self.before_first.index,
+            self.last.index
+        );
+        let keep_last = LogIndex(index.get() - 1);
+        while self
+            .tail
+            .back()
+            .is_some_and(|entry| entry.index() > keep_last)
+        {
+            if let Some(entry) = self.tail.pop_back() {
+                self.tail_bytes -= entry.size_bytes();
+            }
+        }
+        while self
+            .term_runs
+            .last()
+            .is_some_and(|run| run.index > keep_last)
+        {
+            self.term_runs.pop();
+        }
+        self.window.retain(|entry| entry.index() <= keep_last);
+        let keep_term = self.term_at_after_truncate(keep_last);
+        self.last = EntryId::new(keep_term, keep_last);
+        // Entries past keep_last that were written or even durable are replaced.
+        self.written = self.written.min(keep_last);
+        self.persisted = self.persisted.min(keep_last);
+        for (_, reach) in &mut self.in_flight {
+            *reach = (*reach).min(keep_last);
+        }
+        if self.tail.is_empty() {
+            self.tail_bytes = 0;
+        }
+    }
+
+    fn term_at_after_truncate(&self, index: LogIndex) -> Term {
+        if index == self.before_first.index {
+            return self.before_first.term;
+        }
+        self.term_runs
+            .last()
+            .map_or(self.before_first.term, |run| run.term)
+    }
+
+    /// Entries not yet handed out to be written, and the last index they reach.
+    pub fn take_unwritten(&mut self) -> Vec<Entry> {
+        if self.written >= self.last.index {
+            return Vec::new();
+        }
+        let first = self.written.next();
+        assert!(
+            first >= self.tail_first(),
+            "log: unwritten entry {first} not in the tail (tail starts at {})",
+            self.tail_first()
+        );
+        let skip = first.distance_from(self.tail_first()) as usize;
+        let entries: Vec<Entry> = self.tail.iter().skip(skip).cloned().collect();
+        self.written = self.last.index;
+        entries
+    }
+
+    /// Record that a persist at `position` brings the durable log to `last`.
+    pub fn persist_sent(&mut self, position: PersistPosition) {
+        if let Some(&(previous, _)) = self.in_flight.back() {
+            assert!(
+                previous < position,
+                "log: persist position {position:?} after {previous:?}"
+            );
+        }
+        self.in_flight.push_back((position, self.written));
+    }
+
+    /// Everything up to `position` is durable.
+    pub fn persisted_to(&mut self, position: PersistPosition) {
+        while let Some(&(front, reach)) = self.in_flight.front() {
+            if front > position {
+                break;
+            }
+            self.persisted = self.persisted.max(reach).min(self.written);
+            self.in_flight.pop_front();
+        }
+        if self.in_flight.is_empty() && self.in_flight.capacity() > 8 {
+            self.in_flight.shrink_to_fit();
+        }
+    }
+
+    /// Drop tail entries up to `needed_from - 1` that are durable, and further durable ones
+    /// while the tail is over `bytes_max`. Returns the entries dropped, for accounting.
+    pub fn trim_tail(
+        &mut self,
+        needed_from: LogIndex,
+        bytes_max: u64,
+        mut on_drop: impl FnMut(&Entry),
+    ) {
+        while let Some(front) = self.tail.front() {
+            let index = front.index();
+            let durable = index <= self.persisted;
+            let unneeded = index < needed_from;
+            if !(durable && (unneeded || self.tail_bytes > bytes_max)) {
+                break;
+            }
+            if let Some(entry) = self.tail.pop_front() {
+                self.tail_bytes -= entry.size_bytes();
+                on_drop(&entry);
+            }
+        }
+        if self.tail.is_empty() && self.tail.capacity() > 64 {
+            self.tail.shrink_to_fit();
+        }
+    }
+
+    /// The fetched window ends here (None when empty).
+    pub fn window_last(&self) -> Option<LogIndex> {
+        self.window.last().map(Entry::index)
+    }
+
+    pub fn clear_window(&mut self) {
+        self.window = Vec::new();
+    }
+
+    /// Keep fetched entries as the window if they are contiguous and match this log's terms;
+    /// returns whether any were kept.
+    pub fn set_window(&mut self, entries: Vec<Entry>) -> bool {
+        let contiguous = entries
+            .windows(2)
+            .all(|pair| pair[1].index() == pair[0].index().next());
+        let matching = entries.iter().all(|entry| self.matches(entry.id));
+        if entries.is_empty() || !contiguous || !matching {
+            return false;
+        }
+        self.window = entries;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::types::EntryKind;
+    use bytes::Bytes;
+
+    fn entry(term: u64, index: u64) -> Entry {
+        Entry {
+            id: EntryId::new(Term(term), LogIndex(index)),
+            kind: EntryKind::Command,
+            data: Bytes::from_static(b"x"),
+        }
+    }
+
+    fn log_with_terms(terms: &[u64]) -> RaftLog {
+        let mut log = RaftLog::restore(EntryId::ZERO, Vec::new(), LogIndex::ZERO);
+        for (position, &term) in terms.iter().enumerate() {
+            log.push(entry(term, position as u64 + 1));
+        }
+        log
+    }
+
+    #[test]
+    fn term_runs_answer_every_index() {
+        // Terms of all indexes come from runs of (first index, term) (DESIGN §4).
+        let log = log_with_terms(&[1, 1, 2, 2, 2, 5]);
+        let terms: Vec<Option<Term>> = (0..=7).map(|i| log.term_at(LogIndex(i))).collect();
+        let expected = [
+            Some(0),
+            Some(1),
+            Some(1),
+            Some(2),
+            Some(2),
+            Some(2),
+            Some(5),
+            None,
+        ];
+        assert_eq!(terms, expected.map(|t| t.map(Term)));
+    }
+
+    #[test]
+    fn conflict_by_term_skips_whole_runs() {
+        // Fast backtracking (§5.3): the last entry at or below an index with term <= a term.
+        let log = log_with_terms(&[1, 1, 2, 2, 4, 4, 6]);
+        assert_eq!(
+            log.find_conflict_by_term(LogIndex(7), Term(5)),
+            EntryId::new(Term(4), LogIndex(6))
+        );
+        assert_eq!(
+            log.find_conflict_by_term(LogIndex(6), Term(3)),
+            EntryId::new(Term(2), LogIndex(4))
+        );
+        assert_eq!(
+            log.find_conflict_by_term(LogIndex(3), Term(0)),
+            EntryId::ZERO
+        );
+        assert_eq!(
+            log.find_conflict_by_term(LogIndex(99), Term(9)),
+            EntryId::new(Term(6), LogIndex(7))
+        );
+    }
+
+    #[test]
+    fn truncate_clamps_durability_and_runs() {
+        // A conflicting suffix (§5.3) is removed even when durable: persisted falls back.
+        let mut log = log_with_terms(&[1, 1, 2, 2]);
+        let written = log.take_unwritten();
+        assert_eq!(written.len(), 4);
+        log.persist_sent(PersistPosition(1));
+        log.persisted_to(PersistPosition(1));
+        assert_eq!(log.persisted(), LogIndex(4));
+        log.truncate_from(LogIndex(3));
+        assert_eq!(log.last(), EntryId::new(Term(1), LogIndex(2)));
+        assert_eq!(log.persisted(), LogIndex(2));
+        log.push(entry(3, 3));
+        assert_eq!(log.term_at(LogIndex(3)), Some(Term(3)));
+        assert_eq!(log.take_unwritten().len(), 1);
+    }
+}

@@ -1,0 +1,193 @@
+//! What a leader knows of one follower (thesis §3.5, etcd's Progress): the highest index
+//! known to match, the next index to send, whether it is probing (one append at a time,
+//! backing up on rejection) or replicating (optimistic pipelining within a window of
+//! in-flight appends bounded by count and bytes), and whether it was heard from recently
+//! (check-quorum, §6.2). Must not build messages or read the log.
+
+use std::collections::VecDeque;
+
+use crate::ids::{LogIndex, NodeId};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ProgressState {
+    /// One append at a time; `paused` after sending until a response or heartbeat response.
+    Probe { paused: bool },
+    /// Appends sent optimistically: `next` runs ahead of `matched`.
+    Replicate,
+}
+
+/// Appends in flight to one follower: the last index of each and their bytes. The deque is
+/// allocated on first use and released when the follower has been idle (so idle groups stay
+/// small).
+#[derive(Debug, Default)]
+pub(crate) struct Inflights {
+    sent: VecDeque<(LogIndex, u64)>,
+    bytes: u64,
+}
+
+impl Inflights {
+    pub fn count(&self) -> usize {
+        self.sent.len()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    pub fn add(&mut self, last: LogIndex, bytes: u64) {
+        if let Some(&(previous, _)) = self.sent.back() {
+            assert!(
+                previous < last,
+                "inflights: append to {last} after {previous}"
+            );
+        }
+        self.sent.push_back((last, bytes));
+        self.bytes += bytes;
+    }
+
+    /// Appends up to `index` were acknowledged.
+    pub fn free_to(&mut self, index: LogIndex) {
+        while let Some(&(last, bytes)) = self.sent.front() {
+            if last > index {
+                break;
+            }
+            self.bytes -= bytes;
+            self.sent.pop_front();
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.sent.clear();
+        self.bytes = 0;
+    }
+
+    /// Give the memory back when nothing is in flight.
+    pub fn release_if_idle(&mut self) {
+        if self.sent.is_empty() && self.sent.capacity() > 0 {
+            self.sent = VecDeque::new();
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Progress {
+    pub node: NodeId,
+    pub voter: bool,
+    /// The follower's log matches the leader's through here (and it is durable there).
+    pub matched: LogIndex,
+    /// The next index to send. Invariant: `matched < next`.
+    pub next: LogIndex,
+    pub state: ProgressState,
+    pub inflights: Inflights,
+    /// Heard from since the last check-quorum round (§6.2).
+    pub recent_active: bool,
+    /// `matched` at the previous check-quorum round: a replicating follower whose match did
+    /// not move while entries were in flight lost them and goes back to probing.
+    pub matched_at_check: LogIndex,
+    /// The newest ReadIndex round this follower acknowledged (thesis §6.4).
+    pub read_round_acked: u64,
+}
+
+impl Progress {
+    pub fn new(node: NodeId, voter: bool, next: LogIndex) -> Progress {
+        assert!(
+            next > LogIndex::ZERO,
+            "progress of {node}: next index must be positive"
+        );
+        Progress {
+            node,
+            voter,
+            matched: LogIndex::ZERO,
+            next,
+            state: ProgressState::Probe { paused: false },
+            inflights: Inflights::default(),
+            recent_active: false,
+            matched_at_check: LogIndex::ZERO,
+            read_round_acked: 0,
+        }
+    }
+
+    /// The follower acknowledged `index`; returns whether `matched` moved.
+    pub fn acknowledge(&mut self, index: LogIndex) -> bool {
+        self.inflights.free_to(index);
+        let moved = index > self.matched;
+        if moved {
+            self.matched = index;
+        }
+        if self.next <= self.matched {
+            self.next = self.matched.next();
+        }
+        match self.state {
+            ProgressState::Probe { .. } if moved => self.become_replicate(),
+            ProgressState::Probe { .. } => self.state = ProgressState::Probe { paused: false },
+            ProgressState::Replicate => {}
+        }
+        moved
+    }
+
+    pub fn become_probe(&mut self, next: LogIndex) {
+        assert!(
+            next > self.matched,
+            "progress of {}: probe next {next} not above match {}",
+            self.node,
+            self.matched
+        );
+        self.next = next;
+        self.state = ProgressState::Probe { paused: false };
+        self.inflights.clear();
+    }
+
+    fn become_replicate(&mut self) {
+        self.state = ProgressState::Replicate;
+        self.next = self.matched.next();
+        self.inflights.clear();
+    }
+
+    /// Whether another append may be sent now.
+    pub fn can_send(&self, inflight_appends_max: usize, inflight_bytes_max: u64) -> bool {
+        match self.state {
+            ProgressState::Probe { paused } => !paused,
+            ProgressState::Replicate => {
+                self.inflights.count() < inflight_appends_max
+                    && self.inflights.bytes() < inflight_bytes_max
+            }
+        }
+    }
+
+    /// An append reaching `last` with `bytes` of entries was sent.
+    pub fn sent(&mut self, last: LogIndex, bytes: u64, entry_count: usize) {
+        match self.state {
+            ProgressState::Probe { .. } => self.state = ProgressState::Probe { paused: true },
+            ProgressState::Replicate => {
+                if entry_count > 0 {
+                    self.next = last.next();
+                    self.inflights.add(last, bytes);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_turns_to_replicate_on_first_match() {
+        // Thesis §3.5 flow control: probing until a match is found, then pipelining.
+        let mut progress = Progress::new(NodeId(2), true, LogIndex(10));
+        progress.sent(LogIndex(10), 8, 1);
+        assert!(!progress.can_send(4, 100));
+        assert!(progress.acknowledge(LogIndex(10)));
+        assert_eq!(progress.state, ProgressState::Replicate);
+        assert_eq!(progress.next, LogIndex(11));
+        for last in 11..15 {
+            assert!(progress.can_send(4, 100));
+            progress.sent(LogIndex(last), 10, 1);
+        }
+        assert!(!progress.can_send(4, 100), "window of 4 appends is full");
+        progress.acknowledge(LogIndex(12));
+        assert_eq!(progress.inflights.count(), 2);
+        assert!(progress.can_send(4, 100));
+    }
+}
