@@ -328,6 +328,7 @@ impl Env {
             fetch,
         } = ready;
         out.push(format!("{id}: Ready"));
+        let lines_before = out.len();
         if let Some(soft) = soft_state {
             let leader = soft
                 .leader
@@ -379,6 +380,9 @@ impl Env {
                 entries.len()
             ));
             node.raft.on_fetched(entries);
+        }
+        if out.len() == lines_before {
+            out.push("  (empty)".into());
         }
         self.in_flight.extend(messages);
         Ok(true)
