@@ -40,6 +40,10 @@ pub struct SimConfig {
     /// A rule the core deliberately breaks, to show the checkers catch it.
     #[cfg(test)]
     pub canary: Option<crate::raft::Canary>,
+    /// Check, as each vote grant or append acknowledgement leaves, that what it promises is
+    /// durable. Tests turn it off to show the end-to-end checkers catch the same bugs.
+    #[cfg(test)]
+    pub release_checks: bool,
 }
 
 impl SimConfig {
@@ -52,6 +56,8 @@ impl SimConfig {
             trace: false,
             #[cfg(test)]
             canary: None,
+            #[cfg(test)]
+            release_checks: true,
         }
     }
 }
@@ -66,6 +72,12 @@ pub enum SimError {
         group: GroupId,
         detail: String,
     },
+    #[error("seed {seed}: no progress in group {group} after healing: {detail}")]
+    Liveness {
+        seed: u64,
+        group: GroupId,
+        detail: String,
+    },
     #[error("seed {seed}: panicked: {message}")]
     Panicked { seed: u64, message: String },
 }
@@ -73,7 +85,9 @@ pub enum SimError {
 impl SimError {
     pub fn seed(&self) -> u64 {
         match self {
-            SimError::Violation { seed, .. } | SimError::Panicked { seed, .. } => *seed,
+            SimError::Violation { seed, .. }
+            | SimError::Liveness { seed, .. }
+            | SimError::Panicked { seed, .. } => *seed,
         }
     }
 }
