@@ -26,6 +26,10 @@ use super::network::{NetworkFaults, SimNetwork};
 use super::storage::SimStorage;
 use super::{SimConfig, SimError, SimReport};
 
+/// Ticks between two checks that every committed entry is durable on a quorum (the check
+/// walks every committed entry, so it does not run on every tick).
+const DURABILITY_CHECK_TICKS: u64 = 16;
+
 /// The fault and workload mix of one seed, drawn once at the start.
 #[derive(Clone, Copy, Debug)]
 struct Scenario {
@@ -216,7 +220,7 @@ impl Cluster {
             self.inject_faults()?;
             self.client_requests(true)?;
             self.run_one_tick()?;
-            if self.tick % 16 == 0 {
+            if self.tick.is_multiple_of(DURABILITY_CHECK_TICKS) {
                 self.check_durability()?;
             }
         }
@@ -839,6 +843,18 @@ impl Cluster {
         self.trace(node, 0, || "restart".to_string());
         for group in 0..self.config.group_count {
             let durable = self.nodes[node].storages[group].durable();
+            // DESIGN §4: the commit index is persisted, but never ahead of the entries.
+            if durable.hard_state.commit > durable.last_index() {
+                return Err(violation(
+                    group_id(group),
+                    format!(
+                        "node {}: durable commit {} beyond the durable log's end {}",
+                        node + 1,
+                        durable.hard_state.commit,
+                        durable.last_id()
+                    ),
+                ));
+            }
             let restored = RestoredState {
                 hard_state: durable.hard_state,
                 membership: self.membership.clone(),
