@@ -18,7 +18,7 @@ use crate::ids::{EntryId, GroupId, LogIndex, NodeId, Term};
 use crate::prng::Prng;
 use crate::raft::{
     AppendResponse, Fetch, Membership, Message, MessageBody, RaftConfig, RaftNode, ReadContext,
-    Ready, RestoredState, RoleKind,
+    Ready, RestoredState, RoleKind, SoftState,
 };
 
 use super::checker::GroupChecker;
@@ -449,6 +449,9 @@ impl Cluster {
     /// The `Ready` contract (raft::types): persist in order, send now what may go now, hold
     /// the rest until durable, apply, serve reads, answer fetches.
     fn handle_ready(&mut self, node: usize, group: usize, ready: Ready) -> Checked<()> {
+        if self.config.trace {
+            self.trace(node, group, || show_ready(&ready));
+        }
         let Ready {
             soft_state,
             persist,
@@ -460,22 +463,6 @@ impl Cluster {
         } = ready;
         let node_id = self.nodes[node].id;
         let gid = group_id(group);
-        self.trace(node, group, || {
-            let persisted = persist.as_ref().map(|p| {
-                let first = p.entries.first().map(|e| e.id);
-                let last = p.entries.last().map(|e| e.id);
-                (p.position, first, last, p.hard_state)
-            });
-            let applied = (
-                committed_entries.first().map(|e| e.id),
-                committed_entries.last().map(|e| e.id),
-            );
-            format!(
-                "ready soft={soft_state:?} persist={persisted:?} now={messages:?} \
-                 after={messages_after_persist:?} apply={applied:?} reads={read_states:?} \
-                 fetch={fetch:?}"
-            )
-        });
         let first_written = persist
             .as_ref()
             .and_then(|p| p.entries.first())
@@ -497,20 +484,7 @@ impl Cluster {
                 .map_err(|detail| violation(gid, detail))?;
         }
         if let Some(soft) = soft_state {
-            let replica = &mut self.nodes[node].replicas[group];
-            replica.role = soft.role;
-            replica.term = soft.term;
-            if soft.role == RoleKind::Leader {
-                self.report.elections += 1;
-                let checker = &mut self.checkers[group];
-                checker
-                    .on_leader(node_id, soft.term)
-                    .map_err(|detail| violation(gid, detail))?;
-                let log = self.nodes[node].storages[group].view();
-                checker
-                    .check_leader_log(node_id, soft.term, log, LogIndex(1))
-                    .map_err(|detail| violation(gid, detail))?;
-            }
+            self.on_soft_state(node, group, soft)?;
         }
         self.release(node, group, messages)?;
         self.apply(node, group, committed_entries)?;
@@ -520,34 +494,63 @@ impl Cluster {
                 .map_err(|detail| violation(gid, detail))?;
         }
         if let Some(fetch) = fetch {
-            let log = self.nodes[node].storages[group].view();
-            if fetch.first == LogIndex::ZERO
-                || fetch.first > fetch.last
-                || fetch.last > log.last_index()
-            {
-                return Err(violation(
-                    gid,
-                    format!(
-                        "node {node_id}: fetch of [{}, {}] outside the log, which ends at {}",
-                        fetch.first,
-                        fetch.last,
-                        log.last_index()
-                    ),
-                ));
-            }
-            let done_at = self.now
-                + self
-                    .prng
-                    .range_inclusive(1, self.scenario.disk_delay_units_max);
-            let replica = &mut self.nodes[node].replicas[group];
-            if let Some((pending, _)) = replica.fetch {
-                return Err(violation(
-                    gid,
-                    format!("node {node_id}: fetch {fetch:?} while {pending:?} is unanswered"),
-                ));
-            }
-            replica.fetch = Some((fetch, done_at));
+            self.request_fetch(node, group, fetch)?;
         }
+        Ok(())
+    }
+
+    /// A role change; a new leader is checked for Election Safety and Leader Completeness.
+    fn on_soft_state(&mut self, node: usize, group: usize, soft: SoftState) -> Checked<()> {
+        let node_id = self.nodes[node].id;
+        let gid = group_id(group);
+        let replica = &mut self.nodes[node].replicas[group];
+        replica.role = soft.role;
+        replica.term = soft.term;
+        if soft.role != RoleKind::Leader {
+            return Ok(());
+        }
+        self.report.elections += 1;
+        let checker = &mut self.checkers[group];
+        checker
+            .on_leader(node_id, soft.term)
+            .map_err(|detail| violation(gid, detail))?;
+        let log = self.nodes[node].storages[group].view();
+        checker
+            .check_leader_log(node_id, soft.term, log, LogIndex(1))
+            .map_err(|detail| violation(gid, detail))
+    }
+
+    /// Start a WAL read for the core; it completes after a disk delay.
+    fn request_fetch(&mut self, node: usize, group: usize, fetch: Fetch) -> Checked<()> {
+        let node_id = self.nodes[node].id;
+        let gid = group_id(group);
+        let log = self.nodes[node].storages[group].view();
+        if fetch.first == LogIndex::ZERO
+            || fetch.first > fetch.last
+            || fetch.last > log.last_index()
+        {
+            return Err(violation(
+                gid,
+                format!(
+                    "node {node_id}: fetch of [{}, {}] outside the log, which ends at {}",
+                    fetch.first,
+                    fetch.last,
+                    log.last_index()
+                ),
+            ));
+        }
+        let done_at = self.now
+            + self
+                .prng
+                .range_inclusive(1, self.scenario.disk_delay_units_max);
+        let replica = &mut self.nodes[node].replicas[group];
+        if let Some((pending, _)) = replica.fetch {
+            return Err(violation(
+                gid,
+                format!("node {node_id}: fetch {fetch:?} while {pending:?} is unanswered"),
+            ));
+        }
+        replica.fetch = Some((fetch, done_at));
         Ok(())
     }
 
@@ -934,6 +937,28 @@ impl Cluster {
         let index = usize::try_from(group.get().checked_sub(1)?).ok()?;
         (index < self.config.group_count).then_some(index)
     }
+}
+
+/// One line describing a `Ready`, for traces.
+fn show_ready(ready: &Ready) -> String {
+    let persisted = ready.persist.as_ref().map(|p| {
+        let first = p.entries.first().map(|e| e.id);
+        let last = p.entries.last().map(|e| e.id);
+        (p.position, first, last, p.hard_state)
+    });
+    let applied = (
+        ready.committed_entries.first().map(|e| e.id),
+        ready.committed_entries.last().map(|e| e.id),
+    );
+    format!(
+        "ready soft={:?} persist={persisted:?} now={:?} after={:?} apply={applied:?} \
+         reads={:?} fetch={:?}",
+        ready.soft_state,
+        ready.messages,
+        ready.messages_after_persist,
+        ready.read_states,
+        ready.fetch
+    )
 }
 
 /// Groups are numbered from 1 (an id is never 0); index `g` is group `g + 1`.

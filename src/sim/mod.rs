@@ -113,7 +113,6 @@ pub struct SimReport {
     pub crashes: u64,
     pub restarts: u64,
     pub fetches: u64,
-    pub step_errors: u64,
     pub network: NetworkStats,
 }
 
@@ -134,7 +133,7 @@ impl fmt::Display for SimReport {
             f,
             "seed {} ({} nodes x {} groups): {} ticks + {} to heal; {} leaders, {} committed, \
              {} applied, proposals {} ok / {} refused, reads {} checked of {}, {} transfers, \
-             {} partitions, {} crashes, {} restarts, {} fetches, {} step errors; messages {} \
+             {} partitions, {} crashes, {} restarts, {} fetches; messages {} \
              sent, {} lost, {} duplicated, {} cut",
             self.seed,
             self.node_count,
@@ -153,7 +152,6 @@ impl fmt::Display for SimReport {
             self.crashes,
             self.restarts,
             self.fetches,
-            self.step_errors,
             self.network.sent,
             self.network.lost,
             self.network.duplicated,
