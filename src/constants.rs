@@ -100,3 +100,16 @@ pub const WAL_ZERO_FILL_CHUNK_BYTES: u64 = 1024 * 1024;
 /// write-behind reached 1.5-1.7 GB/s).
 pub const WAL_ZERO_FILL_WRITES_IN_FLIGHT: usize = 4;
 const _: () = assert!(WAL_ZERO_FILL_CHUNK_BYTES.is_multiple_of(WAL_HEADER_BLOCK_BYTES));
+/// Simulated time units per tick: messages and syncs complete between ticks, not on them.
+pub const SIM_TICK_UNITS: u64 = 8;
+/// Ticks of fault injection per simulated seed, unless a caller asks for another count.
+pub const SIM_SAFETY_TICKS_DEFAULT: u64 = 300;
+/// Ticks a healed simulated cluster has to elect leaders and commit in every group.
+pub const SIM_LIVENESS_TICKS_MAX: u64 = 400;
+/// Extra ticks the liveness phase grants per entry of the longest log (catch-up time).
+pub const SIM_LIVENESS_TICKS_PER_ENTRY: u64 = 8;
+/// `Ready`s one simulated replica may produce in a row before the simulator calls it a loop.
+pub const SIM_READY_ROUNDS_MAX: usize = 1000;
+
+const _: () = assert!(SIM_TICK_UNITS >= 2);
+const _: () = assert!(SIM_LIVENESS_TICKS_MAX > 4 * ELECTION_TIMEOUT_TICKS_DEFAULT as u64);
