@@ -85,7 +85,6 @@ const _: () = assert!(WAL_SEGMENT_BYTES_MIN <= WAL_SEGMENT_BYTES_DEFAULT);
 const _: () = assert!(WAL_SEGMENT_BYTES_DEFAULT <= WAL_SEGMENT_BYTES_MAX);
 const _: () = assert!(WAL_RECORD_PAYLOAD_BYTES_MAX + 4096 < WAL_SEGMENT_BYTES_DEFAULT);
 const _: () = assert!(WAL_READ_BYTES_MAX.is_multiple_of(WAL_HEADER_BLOCK_BYTES));
-const _: () = assert!(WAL_READ_BYTES_MAX % WAL_HEADER_BLOCK_BYTES == 0);
 
 /// Bytes of I/O memory each glommio executor registers with each of its three io_uring
 /// rings. Zero (glommio rounds it up to 64 KiB, about 192 KiB locked per executor) is safe

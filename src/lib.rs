@@ -16,4 +16,3 @@ pub mod server;
 pub mod shard;
 pub mod sim;
 pub mod wire;
-

@@ -9,7 +9,6 @@ use clap::{Args, Parser, Subcommand};
 use ringraft::bench::{self, BenchConfig, Limit};
 use ringraft::client::Client;
 use ringraft::raft::RoleKind;
-use clap::{Parser, Subcommand};
 use ringraft::sim::{SimConfig, SimError, Sweep, run_seed, run_seeds};
 
 #[derive(Parser, Debug)]

@@ -1,6 +1,3 @@
-//! The deterministic simulation room. This branch holds only the simulated disk.
-
-pub mod disk;
 //! The deterministic cluster simulator (TigerBeetle's VOPR, FoundationDB's simulation): from
 //! one seed, N nodes by G Raft groups run the real `RaftNode` over a simulated durable log,
 //! network and clock, under faults a correct cluster survives, while checkers judge every
@@ -12,6 +9,7 @@ pub mod disk;
 
 mod checker;
 mod cluster;
+pub mod disk;
 mod network;
 mod storage;
 
