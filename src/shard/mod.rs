@@ -5,6 +5,7 @@
 //! Pure like the Raft core: this room must not import glommio, read real time, or do I/O.
 
 pub mod batch;
+pub mod core;
 pub mod group;
 pub mod local;
 pub mod multi;

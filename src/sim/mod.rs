@@ -11,6 +11,7 @@ mod checker;
 mod cluster;
 pub mod disk;
 mod network;
+pub mod shards;
 mod storage;
 
 #[cfg(test)]
