@@ -642,8 +642,15 @@ impl RaftNode {
             self.term_vote_dirty = false;
             self.term_vote_position = position;
         }
-        // Every deferred message requires at most this position.
-        ready.messages_after_persist = self.deferred.drain(..).map(|(_, m)| m).collect();
+        // Every deferred message requires at most this position. Those of an older term
+        // are dropped (as if lost): the state they depended on may never have been durable
+        // on its own, since this persist already carries a newer term.
+        let term = self.term;
+        ready.messages_after_persist = std::mem::take(&mut self.deferred)
+            .into_iter()
+            .filter(|(_, message)| message.term == term)
+            .map(|(_, message)| message)
+            .collect();
         ready.persist = Some(Persist {
             position,
             entries,

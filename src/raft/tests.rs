@@ -1265,3 +1265,24 @@ fn chaos_checks_catch_a_broken_rule() {
     });
     assert!(caught, "no seed caught the VoteNotPersisted canary");
 }
+
+#[test]
+fn grant_of_an_older_term_is_not_released_after_a_newer_persist() {
+    // §5.2 durability: a grant whose term was overtaken before it was persisted is dropped
+    // rather than released after a persist that carries only the newer term and vote.
+    let mut cluster = Cluster::new(3);
+    cluster.step(1, message(2, 1, 1, vote_request(EntryId::ZERO)));
+    cluster.step(1, message(3, 1, 2, vote_request(EntryId::ZERO)));
+    let ready = cluster.raft(1).ready();
+    let persisted = ready
+        .persist
+        .as_ref()
+        .and_then(|persist| persist.hard_state);
+    assert_eq!(
+        persisted.map(|h| (h.term, h.vote)),
+        Some((Term(2), Some(node(3))))
+    );
+    let (now, after) = vote_grants(&ready);
+    assert!(now.is_empty());
+    assert_eq!(after, vec![node(3)], "only the grant of the persisted term");
+}
