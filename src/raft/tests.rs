@@ -1098,6 +1098,7 @@ fn chaos_run(seed: u64, steps: usize) {
 }
 
 fn chaos_run_with(seed: u64, steps: usize, canary: Option<Canary>) {
+    println!("RINGRAFT_SEED={seed} (chaos, canary {canary:?})");
     let mut prng = Prng::new(seed);
     let size = 3 + prng.below(3);
     let mut cluster = Cluster::with_config(size, |config| {
@@ -1240,13 +1241,9 @@ fn chaos_keeps_safety_and_recovers() {
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
     {
-        Some(seed) => {
-            println!("RINGRAFT_SEED={seed}");
-            chaos_run(seed, 3000);
-        }
+        Some(seed) => chaos_run(seed, 3000),
         None => {
             for seed in 0..150u64 {
-                println!("RINGRAFT_SEED={seed}");
                 chaos_run(seed, 3000);
             }
         }
