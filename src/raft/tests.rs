@@ -1300,3 +1300,47 @@ fn grant_of_an_older_term_is_not_released_after_a_newer_persist() {
     assert!(now.is_empty());
     assert_eq!(after, vec![node(3)], "only the grant of the persisted term");
 }
+
+#[test]
+fn learners_receive_entries_but_neither_vote_nor_count() {
+    // Thesis §4.2.1: a learner (non-voting member) is replicated to, never campaigns, and
+    // does not count toward the commit quorum.
+    let mut cluster = Cluster::new(4);
+    let membership = Membership {
+        voters: vec![node(1), node(2), node(3)],
+        learners: vec![node(4)],
+    };
+    for id in 1..=4 {
+        cluster
+            .peers
+            .get_mut(&node(id))
+            .expect("peer exists")
+            .membership = membership.clone();
+        cluster.restart(id, false);
+    }
+    cluster.elect(1);
+    cluster.propose(1, "a");
+    cluster.tick(1);
+    assert_eq!(cluster.applied_texts(4), vec![data("a")]);
+    // Leader plus learner are not a majority of the voters.
+    for voter in [2, 3] {
+        cluster.cut.insert((node(1), node(voter)));
+        cluster.cut.insert((node(voter), node(1)));
+    }
+    let entry = cluster.propose(1, "b");
+    assert_eq!(
+        cluster.raft(4).status().last,
+        entry,
+        "the learner holds the entry"
+    );
+    assert!(
+        cluster.raft(1).status().commit < entry.index,
+        "a learner counted"
+    );
+    // Alone for many timeouts, the learner never campaigns.
+    cluster.isolate(4);
+    let term = cluster.raft(4).status().term;
+    cluster.tick(100);
+    assert_eq!(cluster.raft(4).status().term, term);
+    assert_eq!(cluster.role(4), RoleKind::Follower);
+}
