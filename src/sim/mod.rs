@@ -37,6 +37,9 @@ pub struct SimConfig {
     pub safety_ticks: u64,
     /// Print every event to stdout (for replaying one failing seed).
     pub trace: bool,
+    /// Draw every seed's faults from the term-churn profile (frequent leader crashes, short
+    /// partitions, small appends, slow syncs) instead of the mix.
+    pub churn: bool,
     /// A rule the core deliberately breaks, to show the checkers catch it.
     #[cfg(test)]
     pub canary: Option<crate::raft::Canary>,
@@ -54,6 +57,7 @@ impl SimConfig {
             group_count,
             safety_ticks: SIM_SAFETY_TICKS_DEFAULT,
             trace: false,
+            churn: false,
             #[cfg(test)]
             canary: None,
             #[cfg(test)]
