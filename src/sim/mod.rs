@@ -4,6 +4,11 @@
 //! step; a liveness phase on the healed cluster follows.
 //!
 //! `run_seed` replays one seed exactly; `run_seeds` sweeps many, on several threads.
+//! From the command line:
+//! - replay one seed, with every event printed: `ringraft sim --seed N [--nodes 5] --trace`
+//! - a long run: `ringraft sim --seeds 1000000 --first-seed 0 --nodes 3 --jobs 2`, then the
+//!   same with `--nodes 5`, and with `--churn` (every seed in the term-churn profile).
+//!   A failing seed is printed with the command that replays it.
 //! This room must not import `reactor/` or glommio, and must not read real time or any RNG
 //! but the seeded `Prng`.
 
