@@ -72,6 +72,7 @@ impl DmaDisk {
     /// removed: they were never segments.
     pub async fn open(dir: &Path) -> Result<DmaDisk, DiskError> {
         // Start-up only: one blocking mkdir before the reactor does any real work.
+        let existed = dir.is_dir();
         std::fs::create_dir_all(dir).map_err(|error| {
             DiskError::new(
                 DiskOp::List,
@@ -79,6 +80,22 @@ impl DmaDisk {
                 format!("creating {}: {error}", dir.display()),
             )
         })?;
+        if !existed {
+            // The new directory's own name must be durable before segments in it are.
+            if let Some(parent) = dir.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+                let parent_directory = Directory::open(parent)
+                    .await
+                    .map_err(|error| glommio_error(DiskOp::Create, None, &error))?;
+                parent_directory
+                    .sync()
+                    .await
+                    .map_err(|error| glommio_error(DiskOp::Create, None, &error))?;
+                parent_directory
+                    .close()
+                    .await
+                    .map_err(|error| glommio_error(DiskOp::Create, None, &error))?;
+            }
+        }
         let alignment = probe_device(dir)
             .await
             .map_err(|error| DiskError::new(DiskOp::List, None, error.to_string()))?;
