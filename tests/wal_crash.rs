@@ -23,7 +23,7 @@ use ringraft::log::{Disk, Log, SegmentSeq, WalConfig};
 use ringraft::prng::Prng;
 use ringraft::raft::types::{Entry, EntryKind, HardState, Persist, PersistPosition};
 use ringraft::reactor::disk::DmaDisk;
-use ringraft::reactor::executor::{ExecutorConfig, run_executor};
+use ringraft::reactor::executor::{ExecutorConfig, run_executor, spawn_executor};
 
 use wal_support::{
     CHILD_ROLE_ENV, TestCase, child_path_arg, child_u64_arg, line_channel, run_tests, seed,
@@ -179,10 +179,12 @@ struct Reopened {
     entries: Vec<Entry>,
 }
 
-/// Reopens the WAL in `dir` (recovery included) and fetches every entry it still holds.
+/// Reopens the WAL in `dir` (recovery included) and fetches every entry it still holds, on
+/// an executor on a new thread: glommio's per-thread device cache starts empty there, so the
+/// first-open probe really runs before these DMA reads.
 fn reopen_and_fetch(dir: &Path) -> Reopened {
     let dir = dir.to_path_buf();
-    run_executor(&ExecutorConfig::new("crash-checker"), async move {
+    spawn_executor(&ExecutorConfig::new("crash-checker"), move || async move {
         let disk = DmaDisk::open(&dir).await.expect("open WAL directory");
         let (log, summary) = Log::open(disk, wal_config())
             .await
@@ -222,6 +224,8 @@ fn reopen_and_fetch(dir: &Path) -> Reopened {
         }
     })
     .expect("checker executor starts")
+    .join()
+    .unwrap_or_else(|error| panic!("checker: {error}"))
 }
 
 /// Checks a reopened WAL against what the writer reported: every synced entry is there,
@@ -440,14 +444,15 @@ fn synced_batches_survive_sigkill_and_nothing_torn_returns() {
     );
 }
 
-// Entries appended in one executor, with segments rolled, purged and recycled, are fetched
-// back in a fresh executor (DMA reads after the first-open probe) equal to what was appended.
+// Entries appended on one executor thread, rolling over several segments, are fetched back
+// on a new executor thread (DMA reads after that thread's first-open probe) equal to what was
+// appended.
 fn fetched_entries_round_trip_through_dma_reads() {
     let dir = temp_dir("ringraft-wal-fetch-");
     let wal_dir = dir.path().join("core-0");
     let data_seed = 0x5EED_F00D;
     let written_dir = wal_dir.clone();
-    let last_index = run_executor(&ExecutorConfig::new("fetch-writer"), async move {
+    let last_index = spawn_executor(&ExecutorConfig::new("fetch-writer"), move || async move {
         let disk = DmaDisk::open(&written_dir).await.expect("open");
         let (mut log, _) = Log::open(disk, wal_config()).await.expect("create WAL");
         let mut last_index = LogIndex::ZERO;
@@ -474,7 +479,9 @@ fn fetched_entries_round_trip_through_dma_reads() {
         );
         last_index
     })
-    .expect("executor starts");
+    .expect("executor starts")
+    .join()
+    .unwrap_or_else(|error| panic!("writer: {error}"));
     let reopened = reopen_and_fetch(&wal_dir);
     assert_eq!(reopened.last_index, last_index);
     assert_eq!(reopened.first_index, Some(LogIndex(1)));
