@@ -46,12 +46,12 @@ pub const WAL_READ_BYTES_MAX: u64 = 1024 * 1024;
 /// Voters plus learners of a membership stored in a snapshot mark.
 pub const WAL_MEMBERS_MAX: usize = 1024;
 
-const _: () = assert!(WAL_SEGMENT_BYTES_MIN % WAL_HEADER_BLOCK_BYTES == 0);
-const _: () = assert!(WAL_SEGMENT_BYTES_DEFAULT % WAL_HEADER_BLOCK_BYTES == 0);
+const _: () = assert!(WAL_SEGMENT_BYTES_MIN.is_multiple_of(WAL_HEADER_BLOCK_BYTES));
+const _: () = assert!(WAL_SEGMENT_BYTES_DEFAULT.is_multiple_of(WAL_HEADER_BLOCK_BYTES));
 const _: () = assert!(WAL_SEGMENT_BYTES_MIN <= WAL_SEGMENT_BYTES_DEFAULT);
 const _: () = assert!(WAL_SEGMENT_BYTES_DEFAULT <= WAL_SEGMENT_BYTES_MAX);
 const _: () = assert!(WAL_RECORD_PAYLOAD_BYTES_MAX + 4096 < WAL_SEGMENT_BYTES_DEFAULT);
-const _: () = assert!(WAL_READ_BYTES_MAX % WAL_HEADER_BLOCK_BYTES == 0);
+const _: () = assert!(WAL_READ_BYTES_MAX.is_multiple_of(WAL_HEADER_BLOCK_BYTES));
 
 /// Bytes of I/O memory each glommio executor registers with each of its three io_uring
 /// rings. Zero (glommio rounds it up to 64 KiB, about 192 KiB locked per executor) is safe

@@ -13,7 +13,7 @@ use crate::log::LogError;
 use crate::log::disk::{Disk, SegmentSeq};
 use crate::log::recovery::{Recovery, RecoverySummary, RestoredGroup};
 use crate::log::wal::{Wal, WalConfig, WalOp, WalPosition};
-use crate::raft::types::{Entry, Persist};
+use crate::raft::types::{Entry, Fetch, Persist};
 
 /// One core's WAL on a `Disk`.
 pub struct Log<D: Disk> {
@@ -65,7 +65,9 @@ impl<D: Disk> Log<D> {
     }
 
     /// Appends many groups' persists as one write and one sync (more only when a segment
-    /// fills), and returns the position that is now durable.
+    /// fills), and returns the position that is now durable. An append that fills a segment
+    /// moves into a ready spare; call `prepare_spares` off the latency path when
+    /// `spares_short()` says so (an append with no spare ready creates one itself, slowly).
     pub async fn append(&mut self, batch: &[(GroupId, &Persist)]) -> Result<WalPosition, LogError> {
         let disk = &self.disk;
         let plan = self.wal.plan_append(batch, |len| disk.alloc(len))?;
@@ -93,7 +95,21 @@ impl<D: Disk> Log<D> {
             .map_err(|error| self.name_file(error))
     }
 
-    /// Marks entries of `group` up to `index` as no longer needed.
+    /// Answers a Raft core's `Ready::fetch` for `group`.
+    pub async fn fetch_for(&self, group: GroupId, fetch: &Fetch) -> Result<Vec<Entry>, LogError> {
+        self.fetch(group, fetch.first, fetch.last, fetch.bytes_max)
+            .await
+    }
+
+    /// Whether fewer spare segments are ready than configured.
+    pub fn spares_short(&self) -> bool {
+        self.wal.spares_short()
+    }
+
+    /// Marks entries of `group` up to `index` as no longer needed (folded into a snapshot the
+    /// caller keeps). Compaction points are not written to the WAL: after a restart the caller
+    /// calls `compact` again with each group's snapshot index, before appending. A point past
+    /// the WAL's last index (purge recycled every entry of that group) becomes its last index.
     pub fn compact(&mut self, group: GroupId, index: LogIndex) {
         self.wal.compact(group, index);
     }

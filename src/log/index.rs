@@ -161,13 +161,20 @@ impl GroupIndex {
         self.snapshot = Some((snapshot, segment));
     }
 
-    /// Marks entries up to `index` as no longer needed and forgets their locations.
+    /// Marks entries up to `index` as no longer needed and forgets their locations. A point
+    /// past the last index (the caller's snapshot is ahead of what the WAL still holds, e.g.
+    /// after purge recycled every entry of an idle group) moves the last index up to it, so
+    /// appends continue right after the snapshot.
     pub fn compact(&mut self, index: LogIndex) {
         if index <= self.compacted {
             return;
         }
         self.compacted = index;
         self.drop_through(index);
+        if index > self.last_index {
+            self.entries.clear();
+            self.last_index = index;
+        }
     }
 
     fn drop_through(&mut self, index: LogIndex) {

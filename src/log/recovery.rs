@@ -218,22 +218,10 @@ impl Recovery {
         Ok(())
     }
 
-    /// Checks a complete batch against what came before: write numbers follow each other, and
-    /// the first batch of a segment says where the previous segment's records end.
+    /// Checks a complete batch against what came before: the first batch of a segment says
+    /// where the previous segment's records end (checked first, so that a segment cut short is
+    /// named as such), and write numbers follow each other.
     fn check_batch(&mut self, scan: &SegmentScan, header: BatchHeader) -> Result<(), LogError> {
-        if let Some(last) = self.last_write_number
-            && header.write_number != last + 1
-        {
-            return Err(LogError::corrupt(
-                scan.seq,
-                scan.end,
-                format!(
-                    "batch has write number {}, expected {} (a batch is missing or stale)",
-                    header.write_number,
-                    last + 1
-                ),
-            ));
-        }
         if scan.batch_count == 0
             && let Some(previous) = self.scans.last()
             && previous.end != header.previous_segment_end
@@ -253,6 +241,19 @@ impl Recovery {
                 format!(
                     "{reason}; the segment's records end at {} but segment {} says they end at {}",
                     previous.end, scan.seq, header.previous_segment_end
+                ),
+            ));
+        }
+        if let Some(last) = self.last_write_number
+            && header.write_number != last + 1
+        {
+            return Err(LogError::corrupt(
+                scan.seq,
+                scan.end,
+                format!(
+                    "batch has write number {}, expected {} (a batch is missing or stale)",
+                    header.write_number,
+                    last + 1
                 ),
             ));
         }
@@ -307,24 +308,7 @@ impl Recovery {
             check_scan(scan, position.cmp(&active_position))?;
         }
         let active = &self.scans[active_position];
-        let torn_tail = self.scans[active_position..]
-            .iter()
-            .find(|scan| scan.remnant_end.is_some())
-            .map(|scan| TornTail {
-                segment: scan.seq,
-                offset: scan.end,
-                reason: scan.stop.as_ref().map_or_else(String::new, |stop| {
-                    format!("at {}: {}", stop.offset, stop.reason)
-                }),
-            });
-        if let Some(torn) = &torn_tail {
-            tracing::warn!(
-                segment = %torn.segment,
-                offset = torn.offset,
-                reason = %torn.reason,
-                "WAL: cut the torn tail of an unfinished write"
-            );
-        }
+        let torn_tail = find_torn_tail(&self.scans[active_position..]);
         let mut wal = Wal {
             config: self.config,
             alignment: self.alignment,
@@ -342,23 +326,8 @@ impl Recovery {
                 .collect(),
             next_write_number: self.last_write_number.map_or(1, |last| last + 1),
         };
-        let mut repair = Vec::new();
-        let mut reinitialised_segments = 0;
-        for scan in &self.scans[active_position..] {
-            let mut dirty = false;
-            if scan.header.is_err() {
-                repair.push(wal.header_write(scan.seq, &mut alloc));
-                reinitialised_segments += 1;
-                dirty = true;
-            }
-            if let Some(remnant_end) = scan.remnant_end {
-                repair.push(zero_remnants(scan, remnant_end, self.alignment, &mut alloc));
-                dirty = true;
-            }
-            if dirty {
-                repair.push(WalOp::Sync { segment: scan.seq });
-            }
-        }
+        let (repair, reinitialised_segments) =
+            repair_ops(&wal, &self.scans[active_position..], &mut alloc);
         wal.groups.retain(|_, index| {
             index.entry_count() > 0 || index.hard_state().is_some() || index.snapshot().is_some()
         });
@@ -378,6 +347,57 @@ impl Recovery {
             summary,
         })
     }
+}
+
+/// The first torn write at or after the active segment, logged: it is cut, not refused.
+fn find_torn_tail(scans: &[SegmentScan]) -> Option<TornTail> {
+    let torn = scans
+        .iter()
+        .find(|scan| scan.remnant_end.is_some())
+        .map(|scan| TornTail {
+            segment: scan.seq,
+            offset: scan.end,
+            reason: scan.stop.as_ref().map_or_else(String::new, |stop| {
+                format!("at {}: {}", stop.offset, stop.reason)
+            }),
+        });
+    if let Some(torn) = &torn {
+        tracing::warn!(
+            segment = %torn.segment,
+            offset = torn.offset,
+            reason = %torn.reason,
+            "WAL: cut the torn tail of an unfinished write"
+        );
+    }
+    torn
+}
+
+/// Repairs for the active segment and the spares: a header written again where a crash
+/// interrupted a spare's initialisation, and the remains of a torn write zeroed. Returns the
+/// operations and how many headers are rewritten.
+fn repair_ops<B: AsMut<[u8]>>(
+    wal: &Wal,
+    scans: &[SegmentScan],
+    alloc: &mut impl FnMut(usize) -> B,
+) -> (Vec<WalOp<B>>, usize) {
+    let mut repair = Vec::new();
+    let mut reinitialised_segments = 0;
+    for scan in scans {
+        let mut dirty = false;
+        if scan.header.is_err() {
+            repair.push(wal.header_write(scan.seq, &mut *alloc));
+            reinitialised_segments += 1;
+            dirty = true;
+        }
+        if let Some(remnant_end) = scan.remnant_end {
+            repair.push(zero_remnants(scan, remnant_end, wal.alignment, &mut *alloc));
+            dirty = true;
+        }
+        if dirty {
+            repair.push(WalOp::Sync { segment: scan.seq });
+        }
+    }
+    (repair, reinitialised_segments)
 }
 
 /// A write that keeps the bytes before `scan.end` in its block and zeroes everything up to

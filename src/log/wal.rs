@@ -6,6 +6,10 @@
 //! It performs no I/O and never waits: a `Disk`, through `driver.rs`, executes its plans, in
 //! order, one plan at a time. The index is updated when a write is planned; a failed write or
 //! sync is fatal (DESIGN §6), so there is nothing to roll back.
+//!
+//! Executors must not overlap writes: a write is issued only after every earlier write's sync
+//! has returned. Recovery relies on it to tell a torn tail (only the last write can be damaged)
+//! from corruption (damage followed by a later write).
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -44,14 +48,14 @@ impl WalConfig {
     /// Checks the configuration against the limits and the disk's alignment.
     pub fn validate(&self, alignment: usize) -> Result<(), LogError> {
         let alignment = alignment as u64;
-        if !alignment.is_power_of_two() || alignment > WAL_HEADER_BLOCK_BYTES || alignment < 8 {
+        if !alignment.is_power_of_two() || !(8..=WAL_HEADER_BLOCK_BYTES).contains(&alignment) {
             return Err(LogError::BadConfig(format!(
                 "disk alignment {alignment} must be a power of two in 8..={WAL_HEADER_BLOCK_BYTES}"
             )));
         }
         if self.segment_bytes < WAL_SEGMENT_BYTES_MIN
             || self.segment_bytes > WAL_SEGMENT_BYTES_MAX
-            || self.segment_bytes % WAL_HEADER_BLOCK_BYTES != 0
+            || !self.segment_bytes.is_multiple_of(WAL_HEADER_BLOCK_BYTES)
         {
             return Err(LogError::BadConfig(format!(
                 "segment_bytes {} must be a multiple of {WAL_HEADER_BLOCK_BYTES} in \
@@ -327,7 +331,7 @@ impl Wal {
             && self
                 .groups
                 .get(&group)
-                .is_none_or(|index| index.entry_count() == 0 && index.snapshot().is_none());
+                .is_none_or(|index| index.last_index() == LogIndex::ZERO);
         assert!(
             fresh || first.id.index <= last_index.next(),
             "group {group}: append starts at {} after last index {last_index} (gap)",
@@ -488,19 +492,8 @@ impl Wal {
             &RecordRef::Batch(header),
         );
         for &position in &batch.chunks {
-            for record in &chunks[position].records {
-                let offset = write_offset + at as u64;
-                let used = record::encode(&mut out[at..], batch.segment, offset, record);
-                self.index_record(
-                    record,
-                    Location {
-                        segment: batch.segment,
-                        offset,
-                        record_bytes: used as u32,
-                    },
-                );
-                at += used;
-            }
+            let records = &chunks[position].records;
+            at = self.encode_records(out, at, batch.segment, write_offset, records);
         }
         assert!(
             write_offset + at as u64 == end,
@@ -515,6 +508,30 @@ impl Wal {
         self.tail_offset = end;
         self.next_write_number += 1;
         (write_offset, buffer)
+    }
+
+    /// Encodes `records` into `out` from byte `at` (the write starts at `write_offset` of
+    /// `segment`), indexes each, and returns where the next record goes.
+    fn encode_records(
+        &mut self,
+        out: &mut [u8],
+        mut at: usize,
+        segment: SegmentSeq,
+        write_offset: u64,
+        records: &[RecordRef<'_>],
+    ) -> usize {
+        for record in records {
+            let offset = write_offset + at as u64;
+            let used = record::encode(&mut out[at..], segment, offset, record);
+            let location = Location {
+                segment,
+                offset,
+                record_bytes: used as u32,
+            };
+            self.index_record(record, location);
+            at += used;
+        }
+        at
     }
 
     fn index_record(&mut self, record: &RecordRef<'_>, location: Location) {
@@ -659,8 +676,8 @@ impl Wal {
 
     /// Marks entries of `group` up to `index` as no longer needed (folded into a snapshot).
     pub fn compact(&mut self, group: GroupId, index: LogIndex) {
-        if let Some(group_index) = self.groups.get_mut(&group) {
-            group_index.compact(index);
+        if index > LogIndex::ZERO {
+            self.groups.entry(group).or_default().compact(index);
         }
     }
 
@@ -738,6 +755,11 @@ impl Wal {
             self.spares.push_back(segment);
         }
         ops
+    }
+
+    /// Whether fewer spares are ready than configured (after an append rolled into one).
+    pub fn spares_short(&self) -> bool {
+        self.spares.len() < self.config.spare_segments
     }
 
     fn next_spare_seq(&self) -> SegmentSeq {
