@@ -8,7 +8,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::panic::{self, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -179,9 +179,4 @@ pub fn child_u64_arg(position: usize) -> u64 {
     value
         .parse()
         .unwrap_or_else(|error| panic!("child argument {position} {value:?}: {error}"))
-}
-
-/// True when `path` exists and is a directory.
-pub fn is_dir(path: &Path) -> bool {
-    path.is_dir()
 }
