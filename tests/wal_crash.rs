@@ -376,9 +376,69 @@ fn kill_and_drain(child: &mut Child, lines: &mpsc::Receiver<String>) -> Vec<Stri
     wal_support::collect_lines(lines, Instant::now() + Duration::from_secs(30))
 }
 
-// Kill a writing child at seeded random moments, 24 rounds on one directory; after each
-// kill every entry reported synced is recovered byte for byte and no entry that was never
-// appended (a torn or stale record) is returned.
+/// How one round's writer was stopped, and what it reported before.
+struct KilledWriter {
+    reports: Reports,
+    syncs_seen: u64,
+    kill_during_open: bool,
+}
+
+/// Starts a writer on `wal_dir` and SIGKILLs it at a seeded moment: one round in six while it
+/// opens and recovers (after it says it is opening), the others after a seeded number of
+/// syncs; either way after a further seeded pause of up to 2 ms.
+fn run_writer_and_kill(
+    round: usize,
+    wal_dir: &Path,
+    data_seed: u64,
+    synced_so_far: LogIndex,
+    prng: &mut Prng,
+) -> KilledWriter {
+    let mut child = spawn_child(
+        ROLE_WRITER,
+        &[wal_dir.display().to_string(), data_seed.to_string()],
+    );
+    let lines = line_channel(child.stdout.take().expect("piped stdout"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut reports = Reports {
+        synced: synced_so_far,
+        synced_commit: LogIndex::ZERO,
+        durable_end: None,
+        ready: None,
+    };
+    let mut seen = Vec::new();
+    let kill_during_open = prng.chance(1, 6);
+    let kill_after = prng.range_inclusive(1, KILL_AFTER_SYNCS_MAX);
+    let mut syncs_seen = 0;
+    let mut opening_seen = false;
+    while (kill_during_open && !opening_seen) || (!kill_during_open && syncs_seen < kill_after) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines
+            .recv_timeout(left)
+            .unwrap_or_else(|error| panic!("round {round}: writer silent ({error}): {seen:?}"));
+        reports.track(&line);
+        if line.starts_with("synced ") {
+            syncs_seen += 1;
+        }
+        opening_seen |= line == "opening";
+        seen.push(line);
+    }
+    // The fault: a seeded pause of up to 2 ms lands the kill anywhere in the next write,
+    // sync, roll-over, purge or (in open rounds) recovery. Not a wait for state.
+    thread::sleep(Duration::from_micros(prng.below(2_000)));
+    for line in kill_and_drain(&mut child, &lines) {
+        reports.track(&line);
+    }
+    KilledWriter {
+        reports,
+        syncs_seen,
+        kill_during_open,
+    }
+}
+
+// Kill a writing child at seeded random moments, 24 rounds on one directory, tearing what may
+// have been in flight in half of them; after each kill every entry reported synced is
+// recovered byte for byte, no entry that was never appended (a torn or stale record) is
+// returned, and after a plain kill the last synced hard state is there too.
 fn synced_batches_survive_sigkill_and_nothing_torn_returns() {
     let seed = seed("synced_batches_survive_sigkill_and_nothing_torn_returns");
     let mut prng = Prng::new(seed);
@@ -387,46 +447,9 @@ fn synced_batches_survive_sigkill_and_nothing_torn_returns() {
     let wal_dir = dir.path().join("core-0");
     let mut synced_so_far = LogIndex::ZERO;
     for round in 0..ROUNDS {
-        let mut child = spawn_child(
-            ROLE_WRITER,
-            &[wal_dir.display().to_string(), data_seed.to_string()],
-        );
-        let lines = line_channel(child.stdout.take().expect("piped stdout"));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut reports = Reports {
-            synced: synced_so_far,
-            synced_commit: LogIndex::ZERO,
-            durable_end: None,
-            ready: None,
-        };
-        let mut seen = Vec::new();
-        // One round in six kills the writer while it opens and recovers (after it says it
-        // is opening), the others after a seeded number of syncs.
-        let kill_during_open = prng.chance(1, 6);
-        let kill_after = prng.range_inclusive(1, KILL_AFTER_SYNCS_MAX);
-        let mut syncs_seen = 0;
-        let mut opening_seen = false;
-        while (kill_during_open && !opening_seen) || (!kill_during_open && syncs_seen < kill_after)
-        {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = lines
-                .recv_timeout(left)
-                .unwrap_or_else(|error| panic!("round {round}: writer silent ({error}): {seen:?}"));
-            reports.track(&line);
-            if line.starts_with("synced ") {
-                syncs_seen += 1;
-            }
-            opening_seen |= line == "opening";
-            seen.push(line);
-        }
-        // The fault: a seeded pause of up to 2 ms lands the kill anywhere in the next
-        // write, sync, roll-over, purge or (in open rounds) recovery. Not a wait for state.
-        thread::sleep(Duration::from_micros(prng.below(2_000)));
-        for line in kill_and_drain(&mut child, &lines) {
-            reports.track(&line);
-        }
+        let killed = run_writer_and_kill(round, &wal_dir, data_seed, synced_so_far, &mut prng);
+        let reports = killed.reports;
         let synced = reports.synced;
-        // Half the rounds also tear what may have been in flight.
         let torn_bytes = match reports.durable_end {
             Some(end) if prng.chance(1, 2) => tear_unreported_tail(&wal_dir, end, &mut prng),
             _ => 0,
@@ -438,9 +461,9 @@ fn synced_batches_survive_sigkill_and_nothing_torn_returns() {
             );
         }
         println!(
-            "  round {round}: killed after {syncs_seen} syncs (open-kill {kill_during_open}), \
-             synced through {synced} (commit {}), {torn_bytes} bytes torn",
-            reports.synced_commit
+            "  round {round}: killed after {} syncs (open-kill {}), synced through {synced} \
+             (commit {}), {torn_bytes} bytes torn",
+            killed.syncs_seen, killed.kill_during_open, reports.synced_commit
         );
         let reopened = reopen_and_fetch(&wal_dir);
         check_reopened(&reopened, data_seed, synced, round);
