@@ -549,6 +549,38 @@ mod tests {
         });
     }
 
+    // Operations on a missing segment, or a read past a segment's end, fail with an error
+    // naming the operation and the segment, not a panic.
+    #[test]
+    fn errors_name_operation_and_segment() {
+        let dir = temp_dir("ringraft-dma-disk-");
+        let path = dir.path().to_path_buf();
+        run(async move {
+            let disk = DmaDisk::open(&path).await.expect("open");
+            let alignment = disk.alignment();
+            let missing = SegmentSeq(9);
+            let error = disk
+                .write(missing, 0, disk.alloc(alignment))
+                .await
+                .expect_err("no such segment");
+            assert_eq!((error.op, error.segment), (DiskOp::Write, Some(missing)));
+            let error = disk.sync(missing).await.expect_err("no such segment");
+            assert_eq!((error.op, error.segment), (DiskOp::Sync, Some(missing)));
+            disk.create_segment(SegmentSeq(1), 16 * 1024)
+                .await
+                .expect("create");
+            let error = disk
+                .read(SegmentSeq(1), 16 * 1024 - alignment as u64, 2 * alignment)
+                .await
+                .expect_err("read past the end");
+            assert_eq!(
+                (error.op, error.segment),
+                (DiskOp::Read, Some(SegmentSeq(1)))
+            );
+            assert!(error.message.contains("short read"), "{error}");
+        });
+    }
+
     // A segment whose creation was interrupted (still under its temporary name) is removed
     // on open and never listed.
     #[test]
