@@ -90,11 +90,9 @@ impl RaftNode {
             }
             MessageBody::PreVote { last } => self.handle_pre_vote(message.from, message.term, last),
             MessageBody::Vote { last, .. } => self.handle_vote(message.from, last),
-            MessageBody::TimeoutNow => {
-                if self.membership.is_voter(self.config.id) {
-                    // Thesis §3.10: campaign at once, skipping pre-vote and the lease.
-                    self.become_candidate(true);
-                }
+            // Thesis §3.10: campaign at once, skipping pre-vote and the lease.
+            MessageBody::TimeoutNow if self.membership.is_voter(self.config.id) => {
+                self.become_candidate(true);
             }
             MessageBody::ReadIndex { context } => {
                 // A peer took this node for the leader; it cannot serve the read.

@@ -112,6 +112,29 @@ impl RaftLog {
         self.tail_bytes
     }
 
+    /// Give back empty buffers. Frees, never allocates.
+    pub fn release_idle_memory(&mut self) {
+        if self.tail.is_empty() && self.tail.capacity() > 0 {
+            self.tail = VecDeque::new();
+        }
+        if self.in_flight.is_empty() && self.in_flight.capacity() > 0 {
+            self.in_flight = VecDeque::new();
+        }
+    }
+
+    /// Heap bytes held (capacities; payloads counted by their length).
+    pub fn memory_bytes(&self) -> usize {
+        self.term_runs.capacity() * std::mem::size_of::<EntryId>()
+            + self.tail.capacity() * std::mem::size_of::<Entry>()
+            + self.window.capacity() * std::mem::size_of::<Entry>()
+            + self.in_flight.capacity() * std::mem::size_of::<(PersistPosition, LogIndex)>()
+            + self
+                .tail
+                .iter()
+                .map(|entry| entry.data.len())
+                .sum::<usize>()
+    }
+
     /// The term of entry `index`, from memory; `None` beyond the log or before its start.
     pub fn term_at(&self, index: LogIndex) -> Option<Term> {
         if index == self.before_first.index {
@@ -173,7 +196,7 @@ impl RaftLog {
 
     /// Clones of entries from `first` on, at most `count_max` and (beyond the first) at most
     /// `bytes_max` bytes, not past `last_max`. Stops early at an entry not in memory; if even
-    /// `first` is missing, returns `Missing(first)`.
+    /// `first` is missing, returns `Missing(first)`. Costs O(entries returned).
     pub fn entries(
         &self,
         first: LogIndex,
@@ -188,17 +211,40 @@ impl RaftLog {
         let count_wanted = (last_max.distance_from(first) + 1).min(count_max as u64) as usize;
         let mut entries = Vec::with_capacity(count_wanted);
         let mut bytes = 0u64;
-        let mut index = first;
-        while index <= last_max && entries.len() < count_max {
-            let Some(entry) = self.entry(index) else {
-                break;
-            };
-            bytes += entry.size_bytes();
-            if !entries.is_empty() && bytes > bytes_max {
-                break;
+        let tail_first = self.tail_first();
+        let mut next = first;
+        if first < tail_first {
+            let window_first = self.window.first().map_or(first, Entry::index);
+            if first >= window_first {
+                let skip = first.distance_from(window_first) as usize;
+                let from_window = self.window.get(skip..).unwrap_or_default();
+                next = take_within(
+                    from_window,
+                    &mut entries,
+                    &mut bytes,
+                    (count_wanted, bytes_max),
+                )
+                .unwrap_or(next);
             }
-            entries.push(entry.clone());
-            index = index.next();
+            if next < tail_first {
+                // The window ended before the tail starts (or held nothing): stop here.
+                return if entries.is_empty() {
+                    Err(Missing(first))
+                } else {
+                    Ok(entries)
+                };
+            }
+        }
+        if entries.len() < count_wanted && next >= tail_first {
+            let skip = next.distance_from(tail_first) as usize;
+            let (front, back) = self.tail.as_slices();
+            let (front, back) = match front.get(skip..) {
+                Some(rest) => (rest, back),
+                None => (&[][..], back.get(skip - front.len()..).unwrap_or_default()),
+            };
+            for slice in [front, back] {
+                take_within(slice, &mut entries, &mut bytes, (count_wanted, bytes_max));
+            }
         }
         if entries.is_empty() {
             return Err(Missing(first));
@@ -282,7 +328,7 @@ impl RaftLog {
             self.tail_first()
         );
         let skip = first.distance_from(self.tail_first()) as usize;
-        let entries: Vec<Entry> = self.tail.iter().skip(skip).cloned().collect();
+        let entries: Vec<Entry> = self.tail.range(skip..).cloned().collect();
         self.written = self.last.index;
         entries
     }
@@ -307,9 +353,6 @@ impl RaftLog {
             self.persisted = self.persisted.max(reach).min(self.written);
             self.in_flight.pop_front();
         }
-        if self.in_flight.is_empty() && self.in_flight.capacity() > 8 {
-            self.in_flight.shrink_to_fit();
-        }
     }
 
     /// Drop tail entries up to `needed_from - 1` that are durable, and further durable ones
@@ -331,9 +374,6 @@ impl RaftLog {
                 self.tail_bytes -= entry.size_bytes();
                 on_drop(&entry);
             }
-        }
-        if self.tail.is_empty() && self.tail.capacity() > 64 {
-            self.tail.shrink_to_fit();
         }
     }
 
@@ -359,6 +399,33 @@ impl RaftLog {
         self.window = entries;
         true
     }
+}
+
+/// Clone entries from `slice` into `entries` while under the count and byte limits (at
+/// least one entry in total). Returns the index after the last entry taken, if any.
+fn take_within(
+    slice: &[Entry],
+    entries: &mut Vec<Entry>,
+    bytes: &mut u64,
+    limits: (usize, u64),
+) -> Option<LogIndex> {
+    let (count_max, bytes_max) = limits;
+    let mut after = None;
+    for entry in slice {
+        if entries.len() >= count_max {
+            break;
+        }
+        let size = entry.size_bytes();
+        if !entries.is_empty() && *bytes + size > bytes_max {
+            // Mark the limit as reached so later slices add nothing either.
+            *bytes = bytes_max.saturating_add(1);
+            break;
+        }
+        *bytes += size;
+        entries.push(entry.clone());
+        after = Some(entry.index().next());
+    }
+    after
 }
 
 #[cfg(test)]

@@ -136,7 +136,7 @@ pub struct RaftNode {
     /// Reads confirmed by the leader, waiting for this node's apply (follower side).
     pub(crate) follower_reads: VecDeque<ReadState>,
     pub(crate) soft_state_sent: SoftState,
-    pub(crate) fetch_in_flight: Option<Fetch>,
+    pub(crate) fetch_in_flight: bool,
     pub(crate) fetch_wanted: Option<LogIndex>,
     pub(crate) fetch_backoff_ticks: u32,
 }
@@ -202,7 +202,7 @@ impl RaftNode {
             deferred: VecDeque::new(),
             follower_reads: VecDeque::new(),
             soft_state_sent: soft_state,
-            fetch_in_flight: None,
+            fetch_in_flight: false,
             fetch_wanted: None,
             fetch_backoff_ticks: 0,
         };
@@ -214,10 +214,19 @@ impl RaftNode {
         self.config.id
     }
 
+    pub fn config(&self) -> &RaftConfig {
+        &self.config
+    }
+
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
     /// One tick of logical time: election timeouts, heartbeats, check-quorum, transfer abort.
     /// Allocates nothing: heartbeats are built in `ready`.
     pub fn tick(&mut self) {
         self.fetch_backoff_ticks = self.fetch_backoff_ticks.saturating_sub(1);
+        self.release_idle_memory();
         if matches!(self.role, Role::Leader(_)) {
             self.tick_leader();
         } else {
@@ -227,6 +236,20 @@ impl RaftNode {
                 self.campaign();
             }
         }
+    }
+
+    /// Give back buffers that are empty, so idle groups stay small. Frees, never allocates.
+    fn release_idle_memory(&mut self) {
+        if self.messages.is_empty() && self.messages.capacity() > 0 {
+            self.messages = Vec::new();
+        }
+        if self.deferred.is_empty() && self.deferred.capacity() > 0 {
+            self.deferred = VecDeque::new();
+        }
+        if self.follower_reads.is_empty() && self.follower_reads.capacity() > 0 {
+            self.follower_reads = VecDeque::new();
+        }
+        self.log.release_idle_memory();
     }
 
     /// Process one message from a peer (paper Figure 2 "Rules for Servers").
@@ -424,6 +447,28 @@ impl RaftNode {
         }
     }
 
+    /// Bytes this group holds: the node itself plus the heap it owns (capacities, so an
+    /// estimate from below of what the allocator hands out).
+    pub fn memory_bytes(&self) -> usize {
+        let mut bytes = std::mem::size_of::<RaftNode>()
+            + self.membership.voters.capacity() * std::mem::size_of::<NodeId>()
+            + self.membership.learners.capacity() * std::mem::size_of::<NodeId>()
+            + self.messages.capacity() * std::mem::size_of::<Message>()
+            + self.deferred.capacity() * std::mem::size_of::<(PersistPosition, Message)>()
+            + self.follower_reads.capacity() * std::mem::size_of::<ReadState>()
+            + self.log.memory_bytes();
+        if let Role::Leader(state) = &self.role {
+            bytes += std::mem::size_of::<LeaderState>()
+                + state.reads.capacity() * std::mem::size_of::<PendingRead>()
+                + state
+                    .progress
+                    .iter()
+                    .map(Progress::memory_bytes)
+                    .sum::<usize>();
+        }
+        bytes
+    }
+
     pub fn status(&self) -> Status {
         Status {
             id: self.config.id,
@@ -551,7 +596,7 @@ impl RaftNode {
     }
 
     fn can_fetch(&self) -> bool {
-        self.fetch_in_flight.is_none() && self.fetch_backoff_ticks == 0
+        !self.fetch_in_flight && self.fetch_backoff_ticks == 0
     }
 
     /// Take everything pending; see the module comment for how to handle it.
@@ -597,8 +642,15 @@ impl RaftNode {
             self.term_vote_dirty = false;
             self.term_vote_position = position;
         }
-        // Every deferred message requires at most this position.
-        ready.messages_after_persist = self.deferred.drain(..).map(|(_, m)| m).collect();
+        // Every deferred message requires at most this position. Those of an older term
+        // are dropped (as if lost): the state they depended on may never have been durable
+        // on its own, since this persist already carries a newer term.
+        let term = self.term;
+        ready.messages_after_persist = std::mem::take(&mut self.deferred)
+            .into_iter()
+            .filter(|(_, message)| message.term == term)
+            .map(|(_, message)| message)
+            .collect();
         ready.persist = Some(Persist {
             position,
             entries,
@@ -655,7 +707,7 @@ impl RaftNode {
                 .append_bytes_max
                 .max(self.config.apply_bytes_max),
         };
-        self.fetch_in_flight = Some(fetch);
+        self.fetch_in_flight = true;
         ready.fetch = Some(fetch);
     }
 
@@ -706,7 +758,7 @@ impl RaftNode {
 
     /// Entries read back from the WAL, answering `Ready::fetch`.
     pub fn on_fetched(&mut self, entries: Vec<Entry>) {
-        if self.fetch_in_flight.take().is_none() {
+        if !std::mem::take(&mut self.fetch_in_flight) {
             return;
         }
         if !self.log.set_window(entries) {

@@ -16,56 +16,74 @@ pub(crate) enum ProgressState {
     Replicate,
 }
 
-/// Appends in flight to one follower: the last index of each and their bytes. The deque is
-/// allocated on first use and released when the follower has been idle (so idle groups stay
-/// small).
+/// Appends in flight to one follower: the last index of each and their bytes. The window
+/// is allocated on first use and released when the follower has been idle, so an idle
+/// group pays one pointer per follower.
 #[derive(Debug, Default)]
 pub(crate) struct Inflights {
+    window: Option<Box<Window>>,
+}
+
+#[derive(Debug, Default)]
+struct Window {
     sent: VecDeque<(LogIndex, u64)>,
     bytes: u64,
 }
 
 impl Inflights {
     pub fn count(&self) -> usize {
-        self.sent.len()
+        self.window.as_ref().map_or(0, |window| window.sent.len())
     }
 
     pub fn bytes(&self) -> u64 {
-        self.bytes
+        self.window.as_ref().map_or(0, |window| window.bytes)
     }
 
     pub fn add(&mut self, last: LogIndex, bytes: u64) {
-        if let Some(&(previous, _)) = self.sent.back() {
+        let window = self.window.get_or_insert_with(Box::default);
+        if let Some(&(previous, _)) = window.sent.back() {
             assert!(
                 previous < last,
                 "inflights: append to {last} after {previous}"
             );
         }
-        self.sent.push_back((last, bytes));
-        self.bytes += bytes;
+        window.sent.push_back((last, bytes));
+        window.bytes += bytes;
     }
 
     /// Appends up to `index` were acknowledged.
     pub fn free_to(&mut self, index: LogIndex) {
-        while let Some(&(last, bytes)) = self.sent.front() {
+        let Some(window) = &mut self.window else {
+            return;
+        };
+        while let Some(&(last, bytes)) = window.sent.front() {
             if last > index {
                 break;
             }
-            self.bytes -= bytes;
-            self.sent.pop_front();
+            window.bytes -= bytes;
+            window.sent.pop_front();
         }
     }
 
     pub fn clear(&mut self) {
-        self.sent.clear();
-        self.bytes = 0;
+        if let Some(window) = &mut self.window {
+            window.sent.clear();
+            window.bytes = 0;
+        }
     }
 
     /// Give the memory back when nothing is in flight.
     pub fn release_if_idle(&mut self) {
-        if self.sent.is_empty() && self.sent.capacity() > 0 {
-            self.sent = VecDeque::new();
+        if self.count() == 0 {
+            self.window = None;
         }
+    }
+
+    pub fn memory_bytes(&self) -> usize {
+        self.window.as_ref().map_or(0, |window| {
+            std::mem::size_of::<Window>()
+                + window.sent.capacity() * std::mem::size_of::<(LogIndex, u64)>()
+        })
     }
 }
 
@@ -86,6 +104,9 @@ pub(crate) struct Progress {
     pub matched_at_check: LogIndex,
     /// The newest ReadIndex round this follower acknowledged (thesis §6.4).
     pub read_round_acked: u64,
+    /// Heartbeats sent since the last acknowledgement while appends were in flight: too
+    /// many means they were lost, and the follower goes back to probing.
+    pub heartbeats_since_ack: u8,
 }
 
 impl Progress {
@@ -104,12 +125,19 @@ impl Progress {
             recent_active: false,
             matched_at_check: LogIndex::ZERO,
             read_round_acked: 0,
+            heartbeats_since_ack: 0,
         }
+    }
+
+    /// Bytes of this progress including its in-flight window.
+    pub fn memory_bytes(&self) -> usize {
+        std::mem::size_of::<Progress>() + self.inflights.memory_bytes()
     }
 
     /// The follower acknowledged `index`; returns whether `matched` moved.
     pub fn acknowledge(&mut self, index: LogIndex) -> bool {
         self.inflights.free_to(index);
+        self.heartbeats_since_ack = 0;
         let moved = index > self.matched;
         if moved {
             self.matched = index;
@@ -141,6 +169,22 @@ impl Progress {
         self.state = ProgressState::Replicate;
         self.next = self.matched.next();
         self.inflights.clear();
+    }
+
+    /// A heartbeat goes out: returns true (and goes back to probing) if appends have been
+    /// in flight unacknowledged for `heartbeats_max` heartbeats, as if lost.
+    pub fn heartbeat_sent(&mut self, heartbeats_max: u8) -> bool {
+        if self.state != ProgressState::Replicate || self.inflights.count() == 0 {
+            self.heartbeats_since_ack = 0;
+            return false;
+        }
+        self.heartbeats_since_ack = self.heartbeats_since_ack.saturating_add(1);
+        if self.heartbeats_since_ack < heartbeats_max {
+            return false;
+        }
+        self.heartbeats_since_ack = 0;
+        self.become_probe(self.matched.next());
+        true
     }
 
     /// Whether another append may be sent now.

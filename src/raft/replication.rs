@@ -11,6 +11,10 @@ use crate::raft::progress::{Progress, ProgressState};
 use crate::raft::quorum::majority_value;
 use crate::raft::types::{AppendResponse, Entry, Message, MessageBody};
 
+/// Heartbeats without any acknowledgement while appends are in flight after which those
+/// appends count as lost and the follower is probed again.
+const APPENDS_LOST_AFTER_HEARTBEATS: u8 = 3;
+
 /// What building appends for one follower needs besides its progress.
 struct AppendContext<'a> {
     log: &'a RaftLog,
@@ -48,6 +52,7 @@ impl RaftNode {
         };
         let mut missing = None;
         for progress in &mut state.progress {
+            let lost = heartbeat_due && progress.heartbeat_sent(APPENDS_LOST_AFTER_HEARTBEATS);
             if heartbeat_due {
                 self.messages.push(Message {
                     from: context.from,
@@ -60,7 +65,7 @@ impl RaftNode {
                     },
                 });
             }
-            if appends_dirty
+            if (appends_dirty || lost)
                 && let Err(Missing(index)) = send_appends(&context, progress, &mut self.messages)
             {
                 missing = Some(missing.map_or(index, |m: LogIndex| m.min(index)));
@@ -96,7 +101,8 @@ impl RaftNode {
                 self.handle_heartbeat_response(from, read_round);
             }
             MessageBody::ReadIndex { context } => {
-                if self.leader_read(context, from).is_err() {
+                let refused = self.leader_read(context, from).is_err();
+                if refused {
                     let body = MessageBody::ReadIndexResponse {
                         context,
                         index: None,
