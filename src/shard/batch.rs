@@ -161,10 +161,12 @@ impl Batch {
         }
     }
 
-    /// Expands the batch back into per-group messages: the other messages first, then the
-    /// heartbeats, then the heartbeat responses. Raft tolerates any reordering between
-    /// messages (the network may reorder them anyway).
-    pub fn into_messages(self) -> impl Iterator<Item = (GroupId, Message)> {
+    /// Expands the batch back into per-group messages, leaving it empty with its lists'
+    /// capacity so that the receiver can reuse it for its own outgoing batches
+    /// (`BatchAssembler::recycle`). The other messages come first, then the heartbeats, then
+    /// the heartbeat responses: Raft tolerates any reordering between messages (the network
+    /// may reorder them anyway).
+    pub fn drain_messages(&mut self) -> impl Iterator<Item = (GroupId, Message)> + '_ {
         let Batch {
             from,
             to,
@@ -172,6 +174,7 @@ impl Batch {
             heartbeats,
             heartbeat_responses,
         } = self;
+        let (from, to) = (*from, *to);
         let envelope = move |group: GroupId, term: Term, body: MessageBody| {
             (
                 group,
@@ -184,16 +187,16 @@ impl Batch {
             )
         };
         let others = messages
-            .into_iter()
+            .drain(..)
             .map(move |m| envelope(m.group, m.term, m.body));
-        let beats = heartbeats.into_iter().map(move |h| {
+        let beats = heartbeats.drain(..).map(move |h| {
             let body = MessageBody::Heartbeat {
                 commit: h.commit,
                 read_round: h.read_round,
             };
             envelope(h.group, h.term, body)
         });
-        let responses = heartbeat_responses.into_iter().map(move |r| {
+        let responses = heartbeat_responses.drain(..).map(move |r| {
             let body = MessageBody::HeartbeatResponse {
                 read_round: r.read_round,
             };
@@ -232,7 +235,13 @@ pub struct BatchAssembler {
     /// Per destination, the list lengths of the last batch drained: a new batch reserves
     /// them at once, so a steady round never regrows (and copies) large lists.
     sizes_last: Vec<(NodeId, [usize; 3])>,
+    /// Emptied batches kept for their capacity (at most `SPARE_BATCHES_MAX`): a steady
+    /// round then allocates no list at all.
+    spare: Vec<Batch>,
 }
+
+/// Emptied batches an assembler keeps for reuse.
+pub const SPARE_BATCHES_MAX: usize = 16;
 
 impl BatchAssembler {
     pub fn new(from: NodeId) -> BatchAssembler {
@@ -241,7 +250,20 @@ impl BatchAssembler {
             open: Vec::new(),
             closed: Vec::new(),
             sizes_last: Vec::new(),
+            spare: Vec::new(),
         }
+    }
+
+    /// Keeps an emptied batch (one sent and encoded, or one received and stepped) for its
+    /// lists' capacity; drops it when enough are kept.
+    pub fn recycle(&mut self, mut batch: Batch) {
+        if self.spare.len() >= SPARE_BATCHES_MAX {
+            return;
+        }
+        batch.messages.clear();
+        batch.heartbeats.clear();
+        batch.heartbeat_responses.clear();
+        self.spare.push(batch);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -283,7 +305,16 @@ impl BatchAssembler {
     }
 
     fn open_batch(&mut self, to: NodeId) -> usize {
-        let mut batch = Batch::new(self.from, to);
+        let mut batch = match self.spare.pop() {
+            Some(mut spare) => {
+                assert!(spare.is_empty(), "spare batch to {} not empty", spare.to);
+                assert!(self.from != to, "batch: from {} equals to {to}", self.from);
+                spare.from = self.from;
+                spare.to = to;
+                spare
+            }
+            None => Batch::new(self.from, to),
+        };
         if let Some((_, [messages, heartbeats, responses])) =
             self.sizes_last.iter().find(|(node, _)| *node == to)
         {
@@ -365,12 +396,13 @@ mod tests {
         let mut batches = Vec::new();
         assembler.drain_into(&mut batches);
         assert_eq!(batches.len(), 1, "one destination, one batch");
-        let batch = batches.pop().expect("one batch");
+        let mut batch = batches.pop().expect("one batch");
         assert!(batch.messages.is_empty());
         assert_eq!(batch.heartbeats.len(), 1000);
         assert_eq!(batch.heartbeat_responses.len(), 1000);
         assert_eq!(batch.validate(), Ok(()));
-        let mut received: Vec<_> = batch.into_messages().collect();
+        let mut received: Vec<_> = batch.drain_messages().collect();
+        assert!(batch.is_empty(), "drained");
         received
             .sort_by_key(|(g, m)| (*g, matches!(m.body, MessageBody::HeartbeatResponse { .. })));
         assert_eq!(received, sent);

@@ -247,7 +247,7 @@ impl<G: RaftGroup> MultiRaft<G> {
     /// Routes a batch from a peer to its groups (heartbeats expanded). Messages for groups
     /// this core does not host, or that their group refuses, are dropped and counted: the
     /// network may deliver stale or misrouted messages, and Raft tolerates their loss.
-    pub fn step_batch(&mut self, batch: Batch) -> Result<StepSummary, MultiRaftError> {
+    pub fn step_batch(&mut self, mut batch: Batch) -> Result<StepSummary, MultiRaftError> {
         if batch.to != self.node {
             return Err(MultiRaftError::Misaddressed {
                 to: batch.to,
@@ -259,7 +259,7 @@ impl<G: RaftGroup> MultiRaft<G> {
             source,
         })?;
         let mut summary = StepSummary::default();
-        for (group, message) in batch.into_messages() {
+        for (group, message) in batch.drain_messages() {
             let Some(slot) = self.slot(group) else {
                 summary.dropped_count += 1;
                 continue;
@@ -273,6 +273,7 @@ impl<G: RaftGroup> MultiRaft<G> {
             }
             self.mark_dirty(slot);
         }
+        self.assembler.recycle(batch);
         self.stats.messages_received_count +=
             (summary.delivered_count + summary.dropped_count) as u64;
         self.stats.messages_dropped_count += summary.dropped_count as u64;
@@ -327,6 +328,12 @@ impl<G: RaftGroup> MultiRaft<G> {
         entries: Vec<Entry>,
     ) -> Result<(), MultiRaftError> {
         self.with_group(group, |raft| raft.on_fetched(entries))
+    }
+
+    /// Gives back a batch the caller has sent (encoded), so its lists' capacity serves a
+    /// later round.
+    pub fn recycle(&mut self, batch: Batch) {
+        self.assembler.recycle(batch);
     }
 
     /// Whether a round now would visit any group or release any held message.
