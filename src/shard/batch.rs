@@ -101,6 +101,13 @@ impl Batch {
         self.item_count() == 0
     }
 
+    /// Heap bytes the lists hold, used or not.
+    pub fn capacity_bytes(&self) -> usize {
+        self.messages.capacity() * std::mem::size_of::<GroupMessage>()
+            + self.heartbeats.capacity() * std::mem::size_of::<HeartbeatEntry>()
+            + self.heartbeat_responses.capacity() * std::mem::size_of::<HeartbeatResponseEntry>()
+    }
+
     /// Estimated encoded size, the figure `BATCH_BYTES_MAX` limits.
     pub fn size_bytes(&self) -> u64 {
         let messages: u64 = self.messages.iter().map(|m| body_size_bytes(&m.body)).sum();
@@ -235,13 +242,16 @@ pub struct BatchAssembler {
     /// Per destination, the list lengths of the last batch drained: a new batch reserves
     /// them at once, so a steady round never regrows (and copies) large lists.
     sizes_last: Vec<(NodeId, [usize; 3])>,
-    /// Emptied batches kept for their capacity (at most `SPARE_BATCHES_MAX`): a steady
-    /// round then allocates no list at all.
+    /// Emptied batches kept for their capacity (at most `SPARE_BATCHES_MAX`, each at most
+    /// `SPARE_BATCH_BYTES_MAX`): a busy steady round then allocates no list at all, and an
+    /// idle core gives them back (`release_spare`).
     spare: Vec<Batch>,
 }
 
-/// Emptied batches an assembler keeps for reuse.
-pub const SPARE_BATCHES_MAX: usize = 16;
+/// Emptied batches an assembler keeps for reuse: two per peer of a five-node group.
+pub const SPARE_BATCHES_MAX: usize = 8;
+/// Heap bytes of one kept batch's lists; a larger one (a burst's) is freed instead.
+pub const SPARE_BATCH_BYTES_MAX: usize = 256 * 1024;
 
 impl BatchAssembler {
     pub fn new(from: NodeId) -> BatchAssembler {
@@ -257,7 +267,7 @@ impl BatchAssembler {
     /// Keeps an emptied batch (one sent and encoded, or one received and stepped) for its
     /// lists' capacity; drops it when enough are kept.
     pub fn recycle(&mut self, mut batch: Batch) {
-        if self.spare.len() >= SPARE_BATCHES_MAX {
+        if self.spare.len() >= SPARE_BATCHES_MAX || batch.capacity_bytes() > SPARE_BATCH_BYTES_MAX {
             return;
         }
         batch.messages.clear();
@@ -302,6 +312,11 @@ impl BatchAssembler {
         let (batch, size_bytes) = &mut self.open[slot];
         batch.push(group, message);
         *size_bytes += item_bytes;
+    }
+
+    /// Frees the kept batches, for a core with nothing to do.
+    pub fn release_spare(&mut self) {
+        self.spare = Vec::new();
     }
 
     fn open_batch(&mut self, to: NodeId) -> usize {
@@ -470,5 +485,32 @@ mod tests {
             batch.validate(),
             Err(BatchError::FromItself { from: NodeId(1) })
         );
+    }
+
+    #[test]
+    fn recycled_batches_lend_their_capacity_within_bounds() {
+        // A small received batch's lists serve the next outgoing batch; one whose lists pass
+        // the spare limit is freed instead, and an idle core frees the kept ones.
+        let mut assembler = BatchAssembler::new(NodeId(1));
+        let mut small = Batch::new(NodeId(2), NodeId(1));
+        small.heartbeats.reserve_exact(100);
+        assembler.recycle(small);
+        assembler.push(GroupId(0), heartbeat(1, 3, 1, 0));
+        let mut batches = Vec::new();
+        assembler.drain_into(&mut batches);
+        assert_eq!((batches[0].from, batches[0].to), (NodeId(1), NodeId(3)));
+        assert!(batches[0].heartbeats.capacity() >= 100, "capacity reused");
+
+        let mut large = Batch::new(NodeId(2), NodeId(1));
+        large.heartbeats.reserve_exact(SPARE_BATCH_BYTES_MAX);
+        assert!(large.capacity_bytes() > SPARE_BATCH_BYTES_MAX);
+        assembler.recycle(large);
+        assert!(assembler.spare.is_empty(), "a burst's batch is not kept");
+        for _ in 0..SPARE_BATCHES_MAX + 3 {
+            assembler.recycle(Batch::new(NodeId(2), NodeId(1)));
+        }
+        assert_eq!(assembler.spare.len(), SPARE_BATCHES_MAX);
+        assembler.release_spare();
+        assert!(assembler.spare.is_empty());
     }
 }

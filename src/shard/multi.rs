@@ -348,6 +348,11 @@ impl<G: RaftGroup> MultiRaft<G> {
         out.clear();
         self.stats.round_count += 1;
         self.release_held();
+        if self.dirty.is_empty() && self.assembler.is_empty() {
+            // Nothing to do: an idle core keeps no spare batch buffers.
+            self.assembler.release_spare();
+            return;
+        }
         std::mem::swap(&mut self.dirty, &mut self.dirty_scratch);
         let mut dirty = std::mem::take(&mut self.dirty_scratch);
         for &slot in &dirty {
