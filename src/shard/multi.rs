@@ -348,11 +348,24 @@ impl<G: RaftGroup> MultiRaft<G> {
         out.clear();
         self.stats.round_count += 1;
         self.release_held();
-        if self.dirty.is_empty() && self.assembler.is_empty() {
-            // Nothing to do: an idle core keeps no spare batch buffers.
-            self.assembler.release_spare();
-            return;
+        if !self.dirty.is_empty() {
+            self.collect_dirty(out);
         }
+        self.assembler.drain_into(&mut out.batches);
+        self.stats.batches_sent_count += out.batches.len() as u64;
+        if out.is_empty() && self.dirty.is_empty() && self.held.is_empty() {
+            // A round with nothing to show: an idle core keeps no spare batch buffers, nor
+            // the capacity a burst of held messages left behind.
+            self.assembler.release_spare();
+            if self.held.capacity() > 0 {
+                self.held = Vec::new();
+            }
+        }
+    }
+
+    /// Collects the Ready of every dirty group; a group with more to give after its Ready
+    /// stays dirty for the next round.
+    fn collect_dirty(&mut self, out: &mut RoundOutput) {
         std::mem::swap(&mut self.dirty, &mut self.dirty_scratch);
         let mut dirty = std::mem::take(&mut self.dirty_scratch);
         for &slot in &dirty {
@@ -377,8 +390,6 @@ impl<G: RaftGroup> MultiRaft<G> {
         }
         dirty.clear();
         self.dirty_scratch = dirty;
-        self.assembler.drain_into(&mut out.batches);
-        self.stats.batches_sent_count += out.batches.len() as u64;
     }
 
     fn collect(&mut self, slot: u32, ready: Ready, out: &mut RoundOutput) {
