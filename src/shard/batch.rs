@@ -239,12 +239,11 @@ pub struct BatchAssembler {
     /// searched linearly beats a map.
     open: Vec<(Batch, u64)>,
     closed: Vec<Batch>,
-    /// Per destination, the list lengths of the last batch drained: a new batch reserves
-    /// them at once, so a steady round never regrows (and copies) large lists.
+    /// Per destination, a decaying maximum of the list lengths of the batches drained: a new
+    /// batch reserves them at once, so a steady round never regrows (and copies) its lists.
     sizes_last: Vec<(NodeId, [usize; 3])>,
     /// Emptied batches kept for their capacity (at most `SPARE_BATCHES_MAX`, each at most
-    /// `SPARE_BATCH_BYTES_MAX`): a busy steady round then allocates no list at all, and an
-    /// idle core gives them back (`release_spare`).
+    /// `SPARE_BATCH_BYTES_MAX`): a steady round then allocates no list at all.
     spare: Vec<Batch>,
 }
 
@@ -355,7 +354,13 @@ impl BatchAssembler {
                 .iter_mut()
                 .find(|(node, _)| *node == batch.to)
             {
-                Some((_, last)) => *last = sizes,
+                // A decaying maximum: rounds of heartbeats and rounds of their responses
+                // alternate, and each list should remember its own busy round.
+                Some((_, last)) => {
+                    for (hint, size) in last.iter_mut().zip(sizes) {
+                        *hint = size.max(*hint - *hint / 4);
+                    }
+                }
                 None => self.sizes_last.push((batch.to, sizes)),
             }
             out.push(batch);

@@ -354,9 +354,9 @@ impl<G: RaftGroup> MultiRaft<G> {
         self.assembler.drain_into(&mut out.batches);
         self.stats.batches_sent_count += out.batches.len() as u64;
         if out.is_empty() && self.dirty.is_empty() && self.held.is_empty() {
-            // A round with nothing to show: an idle core keeps no spare batch buffers, nor
-            // the capacity a burst of held messages left behind.
-            self.assembler.release_spare();
+            // A round with nothing to show: an idle core keeps no capacity a burst of held
+            // messages left behind. Spare batches stay (bounded by count and bytes): the
+            // next tick's heartbeats reuse them.
             if self.held.capacity() > 0 {
                 self.held = Vec::new();
             }
