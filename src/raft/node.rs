@@ -96,6 +96,10 @@ pub(crate) struct LeaderState {
     pub read_round_unsent: bool,
     pub read_round_confirmed: u64,
     pub heartbeat_elapsed_ticks: u32,
+    /// Heartbeats go out at the next `ready`.
+    pub heartbeat_due: bool,
+    /// Something changed that may let appends go out at the next `ready`.
+    pub appends_dirty: bool,
     /// Index of this leader's first (empty) entry; commit reaching it means the leader has
     /// committed in its term.
     pub term_start: LogIndex,
@@ -121,8 +125,6 @@ pub struct RaftNode {
     pub(crate) election_elapsed_ticks: u32,
     /// This election's timeout, drawn from `[base, 2 * base)` (§5.2).
     pub(crate) election_timeout_ticks: u32,
-    pub(crate) heartbeat_due: bool,
-    pub(crate) appends_dirty: bool,
     pub(crate) hard_state_sent: HardState,
     /// The current term and vote change in a persist not handed out yet.
     pub(crate) term_vote_dirty: bool,
@@ -191,8 +193,6 @@ impl RaftNode {
             apply_sent: applied,
             election_elapsed_ticks: 0,
             election_timeout_ticks: 0,
-            heartbeat_due: false,
-            appends_dirty: false,
             hard_state_sent: hard_state,
             term_vote_dirty: false,
             term_vote_position: PersistPosition(0),
@@ -344,8 +344,8 @@ impl RaftNode {
             });
         }
         state.uncommitted_bytes += entry_bytes;
+        state.appends_dirty = true;
         self.log.push(entry);
-        self.appends_dirty = true;
         Ok(id)
     }
 
@@ -407,7 +407,7 @@ impl RaftNode {
             elapsed_ticks: 0,
             timeout_now_sent: false,
         });
-        self.appends_dirty = true;
+        state.appends_dirty = true;
         Ok(())
     }
 
@@ -554,9 +554,20 @@ impl RaftNode {
         }
         self.role = Role::Follower;
         self.leader = leader;
-        self.heartbeat_due = false;
-        self.appends_dirty = false;
         self.reset_election_timer();
+    }
+
+    fn leader_flush_due(&self) -> bool {
+        match &self.role {
+            Role::Leader(state) => state.heartbeat_due || state.appends_dirty,
+            _ => false,
+        }
+    }
+
+    pub(crate) fn mark_appends_dirty(&mut self) {
+        if let Role::Leader(state) = &mut self.role {
+            state.appends_dirty = true;
+        }
     }
 
     pub fn has_ready(&self) -> bool {
@@ -564,8 +575,7 @@ impl RaftNode {
             || self.log.last().index > self.log.written()
             || self.hard_state() != self.hard_state_sent
             || !self.messages.is_empty()
-            || self.heartbeat_due
-            || self.appends_dirty
+            || self.leader_flush_due()
         {
             return true;
         }
@@ -765,9 +775,7 @@ impl RaftNode {
             // Nothing usable: wait a heartbeat before asking again.
             self.fetch_backoff_ticks = self.config.heartbeat_interval_ticks.get();
         }
-        if matches!(self.role, Role::Leader(_)) {
-            self.appends_dirty = true;
-        }
+        self.mark_appends_dirty();
     }
 
     /// Drop tail entries that are durable, applied and (on a leader) matched by every
