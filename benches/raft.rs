@@ -204,9 +204,12 @@ fn tick_cost(group_count: u32, tick_count: u32, seed: u64) -> Duration {
     elapsed / (tick_count * group_count * NODE_COUNT as u32)
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+/// "median (min-max)" of the runs' values.
+fn summary(mut values: Vec<f64>) -> String {
     values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
+    let median = values[values.len() / 2];
+    let (min, max) = (values[0], values[values.len() - 1]);
+    format!("{median:.0} ({min:.0}-{max:.0})")
 }
 
 /// Which measures to run: `RINGRAFT_BENCH_ONLY` is a comma list of `throughput-1`,
@@ -223,7 +226,7 @@ fn main() {
     let runs = env_u64("RINGRAFT_BENCH_RUNS", 5).max(1);
     let entry_count = env_u64("RINGRAFT_BENCH_ENTRIES", 1_000_000).max(4);
     println!("raft bench: seed {seed}, {runs} runs per figure (median), one thread, 3 nodes");
-    println!("{:<60} {:>16}", "measure", "median");
+    println!("{:<48} {:>28}", "measure", "median (min-max)");
     for group_count in [1u32, 100, 10_000] {
         if !wanted(&format!("throughput-{group_count}")) {
             continue;
@@ -241,9 +244,9 @@ fn main() {
         let cpu_rates: Vec<f64> = rates.iter().map(|r| r.0).collect();
         let wall_rates: Vec<f64> = rates.iter().map(|r| r.1).collect();
         let label = format!("entries/CPU-s, {group_count} groups ({entries} x 16 B)");
-        println!("{label:<60} {:>16.0}", median(cpu_rates));
+        println!("{label:<48} {:>28}", summary(cpu_rates));
         let label = format!("entries/wall-s, {group_count} groups ({entries} x 16 B)");
-        println!("{label:<60} {:>16.0}", median(wall_rates));
+        println!("{label:<48} {:>28}", summary(wall_rates));
     }
     let idle_groups = 10_000u32;
     if wanted("memory") {
@@ -255,20 +258,20 @@ fn main() {
             size_of = size;
         }
         println!(
-            "{:<60} {:>16.0}",
+            "{:<48} {:>28}",
             "heap bytes per idle group (incl. inline RaftNode)",
-            median(sizes)
+            summary(sizes)
         );
-        println!("{:<60} {:>16}", "size_of::<RaftNode>() bytes", size_of);
+        println!("{:<48} {:>28}", "size_of::<RaftNode>() bytes", size_of);
     }
     if wanted("tick") {
         let costs: Vec<f64> = (0..runs)
             .map(|run| tick_cost(idle_groups, 100, seed + run).as_secs_f64() * 1e9)
             .collect();
         println!(
-            "{:<60} {:>16.0}",
+            "{:<48} {:>28}",
             "ns CPU per tick per idle group (with heartbeats)",
-            median(costs)
+            summary(costs)
         );
     }
 }
