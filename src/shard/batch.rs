@@ -239,7 +239,7 @@ pub struct BatchAssembler {
     /// searched linearly beats a map.
     open: Vec<(Batch, u64)>,
     closed: Vec<Batch>,
-    /// Per destination, a decaying maximum of the list lengths of the batches drained: a new
+    /// Per destination, a decaying maximum of the non-zero list lengths drained: a new
     /// batch reserves them at once, so a steady round never regrows (and copies) its lists.
     sizes_last: Vec<(NodeId, [usize; 3])>,
     /// Emptied batches kept for their capacity (at most `SPARE_BATCHES_MAX`, each at most
@@ -354,11 +354,14 @@ impl BatchAssembler {
                 .iter_mut()
                 .find(|(node, _)| *node == batch.to)
             {
-                // A decaying maximum: rounds of heartbeats and rounds of their responses
-                // alternate, and each list should remember its own busy round.
+                // A decaying maximum over the rounds that used the list: rounds of
+                // heartbeats and rounds of their responses alternate, and an unused list
+                // must keep the memory of its own busy round.
                 Some((_, last)) => {
                     for (hint, size) in last.iter_mut().zip(sizes) {
-                        *hint = size.max(*hint - *hint / 4);
+                        if size > 0 {
+                            *hint = size.max(*hint - *hint / 4);
+                        }
                     }
                 }
                 None => self.sizes_last.push((batch.to, sizes)),
