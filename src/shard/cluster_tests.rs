@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 
-use crate::ids::{GroupId, NodeId};
+use crate::ids::{GroupId, NodeId, Ticks};
 use crate::prng::Prng;
 use crate::raft::{Membership, RaftConfig, RaftNode, RestoredState, RoleKind};
 use crate::shard::local::LocalCluster;
@@ -38,9 +38,9 @@ fn cluster(group_count: u32, seed: u64) -> LocalCluster<RaftNode> {
 fn tick_until_all_led(
     cluster: &mut LocalCluster<RaftNode>,
     group_count: u32,
-    ticks_max: u32,
+    ticks_max: Ticks,
 ) -> u32 {
-    for ticks in 1..=ticks_max {
+    for ticks in 1..=ticks_max.get() {
         cluster.tick();
         cluster.step_until_quiet(64);
         let all_led = (0..group_count).all(|g| {
@@ -67,7 +67,7 @@ fn three_nodes_elect_leaders_for_100_groups_and_commit_in_each() {
     let group_count = 100;
     let mut cluster = cluster(group_count, seed);
     cluster.record_applied();
-    let ticks = tick_until_all_led(&mut cluster, group_count, 200);
+    let ticks = tick_until_all_led(&mut cluster, group_count, Ticks(200));
     println!("all {group_count} groups led after {ticks} ticks");
     let mut leaders_used = [false; NODE_COUNT as usize];
     for g in 0..group_count {

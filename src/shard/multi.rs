@@ -408,6 +408,10 @@ impl<G: RaftGroup> MultiRaft<G> {
             state.persist_requested = persist.position;
             out.persists.push(GroupPersist { group, persist });
         }
+        // `messages` leave now (a leader's appends go out in parallel with its own write,
+        // thesis §10.2.1); `messages_after_persist` (votes granted, appends acknowledged)
+        // wait until the state they promise is durable (paper Figure 2: "respond to RPCs
+        // only after updating stable storage").
         let durable = state.persisted >= state.persist_requested;
         let position = state.persist_requested;
         for message in ready.messages {
