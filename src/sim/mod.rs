@@ -9,7 +9,9 @@
 //! - a long run: `ringraft sim --seeds 1000000 --first-seed 0 --nodes 3 --jobs 2`, then the
 //!   same with `--nodes 5`, and with `--churn` (every seed in the term-churn profile).
 //!   A failing seed is printed with the command that replays it.
-//! This room must not import `reactor/` or glommio, and must not read real time or any RNG
+//!
+//! `shards` runs whole nodes (the production `Shard` over the production WAL on simulated
+//! disks). This room must not import `reactor/` or glommio, and must not read real time or any RNG
 //! but the seeded `Prng`.
 
 mod checker;
