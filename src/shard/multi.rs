@@ -362,9 +362,7 @@ impl<G: RaftGroup> MultiRaft<G> {
             // A round with nothing to show: an idle core keeps no capacity a burst of held
             // messages left behind. Spare batches stay (bounded by count and bytes): the
             // next tick's heartbeats reuse them.
-            if self.held.capacity() > 0 {
-                self.held = Vec::new();
-            }
+            self.held = Vec::new();
         }
     }
 
