@@ -256,7 +256,7 @@ pub async fn read_frame<R: futures_lite::AsyncRead + Unpin>(
 
 /// The sending half of the link to one peer node from this core.
 pub struct PeerLink {
-    pub node: NodeId,
+    hello: Hello,
     queue: LocalSender<Vec<u8>>,
     /// Frames dropped because the queue was full (the peer is slow or unreachable).
     dropped: RefCell<u64>,
@@ -269,7 +269,7 @@ impl PeerLink {
             let mut dropped = self.dropped.borrow_mut();
             *dropped += 1;
             if dropped.is_power_of_two() {
-                tracing::debug!(peer = %self.node, dropped = *dropped, "peer queue full: frames dropped");
+                tracing::debug!(node = %self.hello.from, core = %self.hello.core, peer = %self.hello.to, dropped = *dropped, "peer queue full: frames dropped");
             }
         }
     }
@@ -286,14 +286,15 @@ pub struct LinkTarget {
 /// Starts the link task (in the caller's task queue) and returns its sending half.
 pub fn spawn_link(target: LinkTarget, queue: glommio::TaskQueueHandle) -> Rc<PeerLink> {
     let (sender, receiver) = local_channel::new_bounded(PEER_QUEUE_FRAMES_MAX);
-    let node = target.hello.to;
+    let hello = target.hello;
+    let node = hello.to;
     let task = glommio::spawn_local_into(run_link(target, receiver), queue);
     match task {
         Ok(task) => task.detach(),
         Err(error) => panic!("spawning the link to node {node}: {error}"),
     };
     Rc::new(PeerLink {
-        node,
+        hello,
         queue: sender,
         dropped: RefCell::new(0),
     })
@@ -306,7 +307,8 @@ async fn run_link(target: LinkTarget, frames: LocalReceiver<Vec<u8>>) {
     loop {
         match connect(&target).await {
             Ok(mut stream) => {
-                tracing::info!(peer = %peer, address = %target.address, "peer connection up");
+                tracing::info!(node = %target.hello.from, core = %target.hello.core, peer = %peer,
+                    address = %target.address, "peer connection up");
                 set_up(&target, true);
                 backoff = Duration::from_millis(PEER_RECONNECT_BACKOFF_MIN_MS);
                 failures = 0;
@@ -319,14 +321,16 @@ async fn run_link(target: LinkTarget, frames: LocalReceiver<Vec<u8>>) {
                     }
                 };
                 set_up(&target, false);
-                tracing::warn!(peer = %peer, address = %target.address, error = %reason,
+                tracing::warn!(node = %target.hello.from, core = %target.hello.core, peer = %peer,
+                    address = %target.address, error = %reason,
                     "peer connection down; reconnecting (check that node {peer} runs)");
             }
             Err(error) => {
                 failures += 1;
                 // The first failure and then every 32nd, so a long-dead peer does not flood the log.
                 if failures == 1 || failures.is_multiple_of(32) {
-                    tracing::warn!(peer = %peer, address = %target.address, %error, failures,
+                    tracing::warn!(node = %target.hello.from, core = %target.hello.core, peer = %peer,
+                        address = %target.address, %error, failures,
                         "cannot connect to peer; retrying with backoff (is node {peer} started and is --peers right?)");
                 }
             }
