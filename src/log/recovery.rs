@@ -11,7 +11,9 @@
 //! - a sealed segment must end exactly where its successor's first batch says, and batch write
 //!   numbers must follow each other, so a lost batch or a cut-short segment is noticed;
 //! - segments after the active one hold no complete batch; a bad header there is a spare whose
-//!   initialisation a crash interrupted, and is written again.
+//!   initialisation a crash interrupted, and is written again;
+//! - valid records left behind a cut tail are zeroed by the repair before any append, so they
+//!   are neither reported again nor mistaken for a later write.
 //!
 //! This file never panics on segment bytes and performs no I/O.
 

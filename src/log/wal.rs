@@ -6,6 +6,10 @@
 //! It performs no I/O and never waits: a `Disk`, through `driver.rs`, executes its plans, in
 //! order, one plan at a time. The index is updated when a write is planned; a failed write or
 //! sync is fatal (DESIGN §6), so there is nothing to roll back.
+//!
+//! Executors must not overlap writes: a write is issued only after every earlier write's sync
+//! has returned. Recovery relies on it to tell a torn tail (only the last write can be damaged)
+//! from corruption (damage followed by a later write).
 
 use std::collections::{BTreeMap, VecDeque};
 

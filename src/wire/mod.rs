@@ -3,6 +3,7 @@
 //! from outside bytes is verified (`root_as_*`, never `_unchecked`) and converted into
 //! validated domain types or a `WireError`; no input makes this module panic.
 
+pub mod batch;
 pub mod client;
 pub mod frame;
 pub mod raft;
@@ -11,5 +12,6 @@ pub mod raft;
 #[rustfmt::skip]
 mod generated;
 
+pub use batch::{Batch, Forward};
 pub use frame::{FrameError, FrameHeader};
-pub use raft::{Beat, PeerBatch, WireError, decode_batch, encode_batch};
+pub use raft::{WireError, decode_batch, encode_batch};

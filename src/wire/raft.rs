@@ -1,5 +1,6 @@
-//! The peer protocol: a `PeerBatch` (all Raft messages of one core's groups to one node in
-//! one round, heartbeats coalesced) to and from the `Batch` flatbuffer of `schemas/raft.fbs`.
+//! The peer protocol: a `Batch` (all Raft messages of one core's groups to one node in one
+//! round, heartbeats coalesced, forwarded client requests) to and from the `Batch`
+//! flatbuffer of `schemas/raft.fbs`.
 //! Decoding verifies the buffer and every field, and returns a `WireError` for anything a
 //! correct peer would not send.
 
@@ -7,33 +8,12 @@ use bytes::Bytes;
 use flatbuffers::{FlatBufferBuilder, WIPOffset};
 use thiserror::Error;
 
+use super::batch::{Batch, Forward, GroupMessage, HeartbeatEntry, HeartbeatResponseEntry};
 use super::generated::raft_generated::ringraft::wire::raft as fb;
 use crate::ids::{CoreId, EntryId, GroupId, LogIndex, NodeId, Term};
 use crate::raft::{
-    AppendResponse, Entry, EntryKind, Membership, Message, MessageBody, ReadContext, SnapshotMeta,
+    AppendResponse, Entry, EntryKind, Membership, MessageBody, ReadContext, SnapshotMeta,
 };
-
-/// One group's heartbeat or heartbeat response inside a coalesced list.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Beat {
-    pub group: GroupId,
-    pub term: Term,
-    /// The commit index a heartbeat carries; zero in a response.
-    pub commit: LogIndex,
-    pub read_round: Option<u64>,
-}
-
-/// Everything one core sends to one node in one round.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PeerBatch {
-    pub from: NodeId,
-    pub to: NodeId,
-    pub core: CoreId,
-    /// Messages other than heartbeats, each with its group.
-    pub messages: Vec<(GroupId, Message)>,
-    pub heartbeats: Vec<Beat>,
-    pub heartbeat_responses: Vec<Beat>,
-}
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum WireError {
@@ -61,58 +41,84 @@ pub enum WireError {
     },
 }
 
-/// Encodes `batch` into `builder` and returns the finished bytes (valid until the builder is
-/// reset). The builder is reused across rounds so encoding allocates only to grow it.
+/// Encodes `batch`, sent by core `core`, into `builder` and returns the finished bytes (valid
+/// until the builder is reset). The builder is reused across rounds so encoding allocates only
+/// to grow it.
 pub fn encode_batch<'b>(
     builder: &'b mut FlatBufferBuilder<'static>,
-    batch: &PeerBatch,
+    batch: &Batch,
+    core: CoreId,
 ) -> &'b [u8] {
     builder.reset();
     let mut messages = Vec::with_capacity(batch.messages.len());
-    for (group, message) in &batch.messages {
+    for message in &batch.messages {
         let (body_type, body) = encode_body(builder, &message.body);
-        messages.push(fb::GroupMessage::create(
-            builder,
-            &fb::GroupMessageArgs {
-                group: group.0,
-                term: message.term.0,
-                body_type,
-                body: Some(body),
-            },
-        ));
+        let args = fb::GroupMessageArgs {
+            group: message.group.0,
+            term: message.term.0,
+            body_type,
+            body: Some(body),
+        };
+        messages.push(fb::GroupMessage::create(builder, &args));
     }
     let messages = builder.create_vector(&messages);
-    let heartbeats = encode_beats(builder, &batch.heartbeats);
-    let heartbeat_responses = encode_beats(builder, &batch.heartbeat_responses);
+    let beats: Vec<fb::CoalescedBeat> = batch
+        .heartbeats
+        .iter()
+        .map(|b| fb::CoalescedBeat::new(b.group.0, b.term.0, b.commit.0, b.read_round.unwrap_or(0)))
+        .collect();
+    let heartbeats = builder.create_vector(&beats);
+    let beats: Vec<fb::CoalescedBeat> = batch
+        .heartbeat_responses
+        .iter()
+        .map(|b| fb::CoalescedBeat::new(b.group.0, b.term.0, 0, b.read_round.unwrap_or(0)))
+        .collect();
+    let heartbeat_responses = builder.create_vector(&beats);
+    let (mut requests, mut replies) = (Vec::new(), Vec::new());
+    for forward in &batch.forwards {
+        match forward {
+            Forward::Request {
+                token,
+                hops,
+                request,
+            } => {
+                let request = Some(builder.create_vector(&request[..]));
+                let args = fb::ForwardRequestArgs {
+                    token: *token,
+                    hops: *hops,
+                    request,
+                };
+                requests.push(fb::ForwardRequest::create(builder, &args));
+            }
+            Forward::Reply { token, response } => {
+                let response = Some(builder.create_vector(&response[..]));
+                replies.push(fb::ForwardReply::create(
+                    builder,
+                    &fb::ForwardReplyArgs {
+                        token: *token,
+                        response,
+                    },
+                ));
+            }
+        }
+    }
+    let forward_requests = builder.create_vector(&requests);
+    let forward_replies = builder.create_vector(&replies);
     let root = fb::Batch::create(
         builder,
         &fb::BatchArgs {
             from: batch.from.0,
             to: batch.to.0,
-            core: batch.core.0,
+            core: core.0,
             messages: Some(messages),
             heartbeats: Some(heartbeats),
             heartbeat_responses: Some(heartbeat_responses),
+            forward_requests: Some(forward_requests),
+            forward_replies: Some(forward_replies),
         },
     );
     builder.finish(root, None);
     builder.finished_data()
-}
-
-fn encode_beats<'a>(
-    builder: &mut FlatBufferBuilder<'a>,
-    beats: &[Beat],
-) -> WIPOffset<flatbuffers::Vector<'a, fb::CoalescedBeat>> {
-    builder.start_vector::<fb::CoalescedBeat>(beats.len());
-    for beat in beats.iter().rev() {
-        builder.push(fb::CoalescedBeat::new(
-            beat.group.0,
-            beat.term.0,
-            beat.commit.0,
-            beat.read_round.unwrap_or(0),
-        ));
-    }
-    builder.end_vector(beats.len())
 }
 
 fn entry_id(id: EntryId) -> fb::EntryId {
@@ -284,36 +290,74 @@ fn encode_body(
     }
 }
 
-/// Verifies and decodes one `Batch` payload (without its frame header).
-pub fn decode_batch(bytes: &[u8]) -> Result<PeerBatch, WireError> {
+/// Verifies and decodes one `Batch` payload (without its frame header); returns the sending
+/// core with it.
+pub fn decode_batch(bytes: &[u8]) -> Result<(CoreId, Batch), WireError> {
     let batch = fb::root_as_batch(bytes).map_err(|e| WireError::Invalid(e.to_string()))?;
     let from = node(batch.from(), "batch.from")?;
     let to = node(batch.to(), "batch.to")?;
     let mut messages = Vec::new();
-    if let Some(list) = batch.messages() {
-        messages.reserve(list.len());
-        for message in list {
-            let group = GroupId(message.group());
-            let body = decode_body(&message)?;
-            messages.push((
-                group,
-                Message {
-                    from,
-                    to,
-                    term: Term(message.term()),
-                    body,
-                },
-            ));
-        }
+    for message in batch.messages().into_iter().flatten() {
+        let body = decode_body(&message)?;
+        messages.push(GroupMessage {
+            group: GroupId(message.group()),
+            term: Term(message.term()),
+            body,
+        });
     }
-    Ok(PeerBatch {
+    let round = |value: u64| (value != 0).then_some(value);
+    let heartbeats = batch
+        .heartbeats()
+        .into_iter()
+        .flatten()
+        .map(|b| HeartbeatEntry {
+            group: GroupId(b.group()),
+            term: Term(b.term()),
+            commit: LogIndex(b.commit()),
+            read_round: round(b.read_round()),
+        });
+    let heartbeat_responses =
+        batch
+            .heartbeat_responses()
+            .into_iter()
+            .flatten()
+            .map(|b| HeartbeatResponseEntry {
+                group: GroupId(b.group()),
+                term: Term(b.term()),
+                read_round: round(b.read_round()),
+            });
+    let requests = batch
+        .forward_requests()
+        .into_iter()
+        .flatten()
+        .map(|f| Forward::Request {
+            token: f.token(),
+            hops: f.hops(),
+            request: f
+                .request()
+                .map(|r| Bytes::copy_from_slice(r.bytes()))
+                .unwrap_or_default(),
+        });
+    let replies = batch
+        .forward_replies()
+        .into_iter()
+        .flatten()
+        .map(|f| Forward::Reply {
+            token: f.token(),
+            response: f
+                .response()
+                .map(|r| Bytes::copy_from_slice(r.bytes()))
+                .unwrap_or_default(),
+        });
+    let decoded = Batch {
         from,
         to,
-        core: CoreId(batch.core()),
         messages,
-        heartbeats: decode_beats(batch.heartbeats()),
-        heartbeat_responses: decode_beats(batch.heartbeat_responses()),
-    })
+        heartbeats: heartbeats.collect(),
+        heartbeat_responses: heartbeat_responses.collect(),
+        forwards: requests.chain(replies).collect(),
+    };
+    Ok((CoreId(batch.core()), decoded))
 }
 
 fn node(id: u64, field: &'static str) -> Result<NodeId, WireError> {
@@ -322,18 +366,6 @@ fn node(id: u64, field: &'static str) -> Result<NodeId, WireError> {
     } else {
         Ok(NodeId(id))
     }
-}
-
-fn decode_beats(list: Option<flatbuffers::Vector<'_, fb::CoalescedBeat>>) -> Vec<Beat> {
-    let Some(list) = list else { return Vec::new() };
-    list.iter()
-        .map(|beat| Beat {
-            group: GroupId(beat.group()),
-            term: Term(beat.term()),
-            commit: LogIndex(beat.commit()),
-            read_round: (beat.read_round() != 0).then_some(beat.read_round()),
-        })
-        .collect()
 }
 
 fn domain_id(id: &fb::EntryId) -> EntryId {

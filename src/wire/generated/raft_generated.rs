@@ -2601,6 +2601,249 @@ impl ::core::fmt::Debug for GroupMessage<'_> {
       ds.finish()
   }
 }
+pub enum ForwardRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ForwardRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ForwardRequest<'a> {
+  type Inner = ForwardRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ForwardRequest<'a> {
+  pub const VT_TOKEN: ::flatbuffers::VOffsetT = 4;
+  pub const VT_HOPS: ::flatbuffers::VOffsetT = 6;
+  pub const VT_REQUEST: ::flatbuffers::VOffsetT = 8;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ForwardRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ForwardRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ForwardRequest<'bldr>> {
+    let mut builder = ForwardRequestBuilder::new(_fbb);
+    builder.add_token(args.token);
+    if let Some(x) = args.request { builder.add_request(x); }
+    builder.add_hops(args.hops);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn token(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ForwardRequest::VT_TOKEN, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn hops(&self) -> u8 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u8>(ForwardRequest::VT_HOPS, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn request(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(ForwardRequest::VT_REQUEST, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ForwardRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("token", Self::VT_TOKEN, false)?
+     .visit_field::<u8>("hops", Self::VT_HOPS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("request", Self::VT_REQUEST, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ForwardRequestArgs<'a> {
+    pub token: u64,
+    pub hops: u8,
+    pub request: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for ForwardRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ForwardRequestArgs {
+      token: 0,
+      hops: 0,
+      request: None,
+    }
+  }
+}
+
+pub struct ForwardRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ForwardRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_token(&mut self, token: u64) {
+    self.fbb_.push_slot::<u64>(ForwardRequest::VT_TOKEN, token, 0);
+  }
+  #[inline]
+  pub fn add_hops(&mut self, hops: u8) {
+    self.fbb_.push_slot::<u8>(ForwardRequest::VT_HOPS, hops, 0);
+  }
+  #[inline]
+  pub fn add_request(&mut self, request: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ForwardRequest::VT_REQUEST, request);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ForwardRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ForwardRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ForwardRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ForwardRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ForwardRequest");
+      ds.field("token", &self.token());
+      ds.field("hops", &self.hops());
+      ds.field("request", &self.request());
+      ds.finish()
+  }
+}
+pub enum ForwardReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct ForwardReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ForwardReply<'a> {
+  type Inner = ForwardReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ForwardReply<'a> {
+  pub const VT_TOKEN: ::flatbuffers::VOffsetT = 4;
+  pub const VT_RESPONSE: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ForwardReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ForwardReplyArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ForwardReply<'bldr>> {
+    let mut builder = ForwardReplyBuilder::new(_fbb);
+    builder.add_token(args.token);
+    if let Some(x) = args.response { builder.add_response(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn token(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(ForwardReply::VT_TOKEN, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn response(&self) -> Option<::flatbuffers::Vector<'a, u8>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(ForwardReply::VT_RESPONSE, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ForwardReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("token", Self::VT_TOKEN, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("response", Self::VT_RESPONSE, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ForwardReplyArgs<'a> {
+    pub token: u64,
+    pub response: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for ForwardReplyArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ForwardReplyArgs {
+      token: 0,
+      response: None,
+    }
+  }
+}
+
+pub struct ForwardReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ForwardReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_token(&mut self, token: u64) {
+    self.fbb_.push_slot::<u64>(ForwardReply::VT_TOKEN, token, 0);
+  }
+  #[inline]
+  pub fn add_response(&mut self, response: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ForwardReply::VT_RESPONSE, response);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ForwardReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ForwardReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ForwardReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ForwardReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ForwardReply");
+      ds.field("token", &self.token());
+      ds.field("response", &self.response());
+      ds.finish()
+  }
+}
 pub enum BatchOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -2623,6 +2866,8 @@ impl<'a> Batch<'a> {
   pub const VT_MESSAGES: ::flatbuffers::VOffsetT = 10;
   pub const VT_HEARTBEATS: ::flatbuffers::VOffsetT = 12;
   pub const VT_HEARTBEAT_RESPONSES: ::flatbuffers::VOffsetT = 14;
+  pub const VT_FORWARD_REQUESTS: ::flatbuffers::VOffsetT = 16;
+  pub const VT_FORWARD_REPLIES: ::flatbuffers::VOffsetT = 18;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2636,6 +2881,8 @@ impl<'a> Batch<'a> {
     let mut builder = BatchBuilder::new(_fbb);
     builder.add_to(args.to);
     builder.add_from(args.from);
+    if let Some(x) = args.forward_replies { builder.add_forward_replies(x); }
+    if let Some(x) = args.forward_requests { builder.add_forward_requests(x); }
     if let Some(x) = args.heartbeat_responses { builder.add_heartbeat_responses(x); }
     if let Some(x) = args.heartbeats { builder.add_heartbeats(x); }
     if let Some(x) = args.messages { builder.add_messages(x); }
@@ -2686,6 +2933,20 @@ impl<'a> Batch<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, CoalescedBeat>>>(Batch::VT_HEARTBEAT_RESPONSES, None)}
   }
+  #[inline]
+  pub fn forward_requests(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ForwardRequest<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ForwardRequest>>>>(Batch::VT_FORWARD_REQUESTS, None)}
+  }
+  #[inline]
+  pub fn forward_replies(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ForwardReply<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ForwardReply>>>>(Batch::VT_FORWARD_REPLIES, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Batch<'_> {
@@ -2700,6 +2961,8 @@ impl ::flatbuffers::Verifiable for Batch<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<GroupMessage>>>>("messages", Self::VT_MESSAGES, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, CoalescedBeat>>>("heartbeats", Self::VT_HEARTBEATS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, CoalescedBeat>>>("heartbeat_responses", Self::VT_HEARTBEAT_RESPONSES, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ForwardRequest>>>>("forward_requests", Self::VT_FORWARD_REQUESTS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ForwardReply>>>>("forward_replies", Self::VT_FORWARD_REPLIES, false)?
      .finish();
     Ok(())
   }
@@ -2711,6 +2974,8 @@ pub struct BatchArgs<'a> {
     pub messages: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GroupMessage<'a>>>>>,
     pub heartbeats: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, CoalescedBeat>>>,
     pub heartbeat_responses: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, CoalescedBeat>>>,
+    pub forward_requests: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ForwardRequest<'a>>>>>,
+    pub forward_replies: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ForwardReply<'a>>>>>,
 }
 impl<'a> Default for BatchArgs<'a> {
   #[inline]
@@ -2722,6 +2987,8 @@ impl<'a> Default for BatchArgs<'a> {
       messages: None,
       heartbeats: None,
       heartbeat_responses: None,
+      forward_requests: None,
+      forward_replies: None,
     }
   }
 }
@@ -2756,6 +3023,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> BatchBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Batch::VT_HEARTBEAT_RESPONSES, heartbeat_responses);
   }
   #[inline]
+  pub fn add_forward_requests(&mut self, forward_requests: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<ForwardRequest<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Batch::VT_FORWARD_REQUESTS, forward_requests);
+  }
+  #[inline]
+  pub fn add_forward_replies(&mut self, forward_replies: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<ForwardReply<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Batch::VT_FORWARD_REPLIES, forward_replies);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> BatchBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     BatchBuilder {
@@ -2779,6 +3054,8 @@ impl ::core::fmt::Debug for Batch<'_> {
       ds.field("messages", &self.messages());
       ds.field("heartbeats", &self.heartbeats());
       ds.field("heartbeat_responses", &self.heartbeat_responses());
+      ds.field("forward_requests", &self.forward_requests());
+      ds.field("forward_replies", &self.forward_replies());
       ds.finish()
   }
 }

@@ -11,15 +11,6 @@ fn id(term: u64, index: u64) -> EntryId {
     EntryId::new(Term(term), LogIndex(index))
 }
 
-fn message(body: MessageBody) -> Message {
-    Message {
-        from: NodeId(1),
-        to: NodeId(2),
-        term: Term(7),
-        body,
-    }
-}
-
 fn every_body() -> Vec<MessageBody> {
     let entry = |index, kind, data: &'static [u8]| Entry {
         id: id(7, index),
@@ -86,46 +77,58 @@ fn every_body() -> Vec<MessageBody> {
     ]
 }
 
-fn sample_batch() -> PeerBatch {
-    PeerBatch {
-        from: NodeId(1),
-        to: NodeId(2),
-        core: CoreId(1),
-        messages: every_body()
-            .into_iter()
-            .enumerate()
-            .map(|(i, b)| (GroupId(i as u32), message(b)))
-            .collect(),
-        heartbeats: vec![
-            Beat {
-                group: GroupId(4),
-                term: Term(2),
-                commit: LogIndex(10),
-                read_round: None,
-            },
-            Beat {
-                group: GroupId(9),
-                term: Term(3),
-                commit: LogIndex(11),
-                read_round: Some(5),
-            },
-        ],
-        heartbeat_responses: vec![Beat {
-            group: GroupId(2),
-            term: Term(2),
-            commit: LogIndex(0),
-            read_round: Some(1),
-        }],
+fn sample_batch() -> Batch {
+    let mut batch = Batch::new(NodeId(1), NodeId(2));
+    for (i, body) in every_body().into_iter().enumerate() {
+        batch.messages.push(GroupMessage {
+            group: GroupId(i as u32),
+            term: Term(7),
+            body,
+        });
     }
+    batch.heartbeats = vec![
+        HeartbeatEntry {
+            group: GroupId(4),
+            term: Term(2),
+            commit: LogIndex(10),
+            read_round: None,
+        },
+        HeartbeatEntry {
+            group: GroupId(9),
+            term: Term(3),
+            commit: LogIndex(11),
+            read_round: Some(5),
+        },
+    ];
+    batch.heartbeat_responses = vec![HeartbeatResponseEntry {
+        group: GroupId(2),
+        term: Term(2),
+        read_round: Some(1),
+    }];
+    batch.forwards = vec![
+        Forward::Request {
+            token: 7,
+            hops: 1,
+            request: Bytes::from_static(b"request bytes"),
+        },
+        Forward::Reply {
+            token: 8,
+            response: Bytes::from_static(b"response bytes"),
+        },
+    ];
+    batch
+}
+
+fn encode(batch: &Batch) -> Vec<u8> {
+    let mut builder = FlatBufferBuilder::new();
+    encode_batch(&mut builder, batch, CoreId(1)).to_vec()
 }
 
 #[test]
 fn every_message_body_round_trips() {
     // Each body variant, encoded in one batch with coalesced heartbeats, decodes to itself.
     let batch = sample_batch();
-    let mut builder = FlatBufferBuilder::new();
-    let bytes = encode_batch(&mut builder, &batch).to_vec();
-    assert_eq!(decode_batch(&bytes), Ok(batch));
+    assert_eq!(decode_batch(&encode(&batch)), Ok((CoreId(1), batch)));
 }
 
 #[test]
@@ -133,15 +136,11 @@ fn builder_reuse_gives_identical_bytes() {
     // Reusing one builder across rounds must not leak state from the previous batch.
     let batch = sample_batch();
     let mut builder = FlatBufferBuilder::new();
-    let first = encode_batch(&mut builder, &batch).to_vec();
-    let empty = PeerBatch {
-        from: NodeId(1),
-        to: NodeId(3),
-        ..PeerBatch::default()
-    };
-    let second = encode_batch(&mut builder, &empty).to_vec();
-    assert_eq!(decode_batch(&second), Ok(empty));
-    assert_eq!(encode_batch(&mut builder, &batch), &first[..]);
+    let first = encode_batch(&mut builder, &batch, CoreId(0)).to_vec();
+    let empty = Batch::new(NodeId(1), NodeId(3));
+    let second = encode_batch(&mut builder, &empty, CoreId(0)).to_vec();
+    assert_eq!(decode_batch(&second), Ok((CoreId(0), empty)));
+    assert_eq!(encode_batch(&mut builder, &batch, CoreId(0)), &first[..]);
 }
 
 #[test]
@@ -157,16 +156,14 @@ fn append_with_a_gap_is_refused() {
         entries: vec![gap],
         commit: LogIndex(4),
     };
-    let batch = PeerBatch {
-        from: NodeId(1),
-        to: NodeId(2),
-        messages: vec![(GroupId(0), message(body))],
-        ..Default::default()
-    };
-    let mut builder = FlatBufferBuilder::new();
-    let bytes = encode_batch(&mut builder, &batch).to_vec();
+    let mut batch = Batch::new(NodeId(1), NodeId(2));
+    batch.messages.push(GroupMessage {
+        group: GroupId(0),
+        term: Term(7),
+        body,
+    });
     assert!(matches!(
-        decode_batch(&bytes),
+        decode_batch(&encode(&batch)),
         Err(WireError::EntriesOutOfOrder { position: 0, .. })
     ));
 }
@@ -174,15 +171,10 @@ fn append_with_a_gap_is_refused() {
 #[test]
 fn zero_node_id_is_refused() {
     // Node ids start at 1; a zero sender is a malformed batch, not a node.
-    let batch = PeerBatch {
-        from: NodeId(0),
-        to: NodeId(2),
-        ..Default::default()
-    };
-    let mut builder = FlatBufferBuilder::new();
-    let bytes = encode_batch(&mut builder, &batch).to_vec();
+    let mut batch = Batch::new(NodeId(5), NodeId(2));
+    batch.from = NodeId(0);
     assert_eq!(
-        decode_batch(&bytes),
+        decode_batch(&encode(&batch)),
         Err(WireError::ZeroNode {
             field: "batch.from"
         })
@@ -201,8 +193,7 @@ proptest! {
     #[test]
     fn mutated_batches_never_panic(flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
         // A valid batch with a few bytes changed decodes or errs, never panics.
-        let mut builder = FlatBufferBuilder::new();
-        let mut bytes = encode_batch(&mut builder, &sample_batch()).to_vec();
+        let mut bytes = encode(&sample_batch());
         for (position, value) in flips {
             let at = position % bytes.len();
             bytes[at] = value;
