@@ -134,7 +134,7 @@ fn route(
     let core = core_of_group(group_of_key(key, context.groups_total), context.cores);
     in_flight.set(in_flight.get() + 1);
     if core == context.core {
-        context.push(Input::Client(origin, request));
+        context.push(Input::Client(origin, request, bytes::Bytes::from(payload)));
     } else {
         context.send_to_core(core, MeshMessage::ClientRequest { origin, payload });
     }

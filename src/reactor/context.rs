@@ -31,7 +31,8 @@ pub enum Input {
     Ticks(u32),
     /// The permit is held until the shard has taken the batch.
     Peer(Batch, StaticPermit),
-    Client(Origin, ClientRequest),
+    /// The request, decoded, and its payload as the client sent it.
+    Client(Origin, ClientRequest, bytes::Bytes),
     WalDurable(WalTicket),
     Fetched(GroupId, Vec<Entry>),
     Stop,

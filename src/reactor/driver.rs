@@ -149,7 +149,9 @@ pub async fn run_mesh_receiver(
         match message {
             MeshMessage::ClientRequest { origin, payload } => {
                 match crate::wire::client::decode_request(&payload) {
-                    Ok(request) => context.push(Input::Client(origin, request)),
+                    Ok(request) => {
+                        context.push(Input::Client(origin, request, bytes::Bytes::from(payload)));
+                    }
                     Err((_, error)) => tracing::error!(node = %context.node, core = %context.core,
                         %error, "a forwarded request no longer decodes (a bug; please report it)"),
                 }
@@ -197,7 +199,9 @@ pub async fn run_driver<S: ShardCore>(
                     }
                     drop(permit);
                 }
-                Input::Client(origin, request) => shard.on_client_request(origin, request),
+                Input::Client(origin, request, raw) => {
+                    shard.on_client_request(origin, request, raw)
+                }
                 Input::WalDurable(ticket) => shard.on_wal_durable(ticket),
                 Input::Fetched(group, entries) => shard.on_fetched(group, entries),
                 Input::Stop => {
@@ -244,7 +248,7 @@ fn dispatch(
 ) {
     for batch in out.batches.drain(..) {
         match links.peers.get(&batch.to) {
-            Some(link) => link.send(encode_frame(builder, batch, context.core)),
+            Some(link) => link.send(encode_frame(builder, &batch, context.core)),
             None => tracing::error!(node = %context.node, core = %context.core, peer = %batch.to,
                 "the shard addressed a node that is not in --peers (a bug; please report it)"),
         }

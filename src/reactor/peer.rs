@@ -3,8 +3,7 @@
 //! every connection (who connects, to whom, for which core), the outgoing link per peer node
 //! (connect, reconnect with backoff, a bounded queue that drops when full: Raft retransmits),
 //! the reader of an accepted connection (frames limited by size; a bad frame closes that
-//! connection with a logged reason), and the conversion between the shard's `Batch` and the
-//! wire's `PeerBatch`.
+//! connection with a logged reason).
 //!
 //! It must not decide anything about Raft: batches go in and out unread beyond validation.
 
@@ -25,13 +24,10 @@ use crate::constants::{
     PEER_CONNECT_TIMEOUT_MS, PEER_FRAME_BYTES_MAX, PEER_QUEUE_FRAMES_MAX,
     PEER_RECONNECT_BACKOFF_MAX_MS, PEER_RECONNECT_BACKOFF_MIN_MS,
 };
-use crate::ids::{CoreId, LogIndex, NodeId};
-use crate::raft::types::{Message, MessageBody};
+use crate::ids::{CoreId, NodeId};
 use crate::shard::{Batch, BatchError};
 use crate::wire::frame::FRAME_HEADER_BYTES;
-use crate::wire::{
-    Beat, FrameError, FrameHeader, PeerBatch, WireError, decode_batch, encode_batch,
-};
+use crate::wire::{FrameError, FrameHeader, WireError, decode_batch, encode_batch};
 
 /// First bytes of every hello payload: "ringraft peer, version 1".
 pub const HELLO_MAGIC: [u8; 4] = *b"RRP1";
@@ -117,105 +113,13 @@ impl Hello {
     }
 }
 
-/// The wire form of a shard batch.
-pub fn to_peer_batch(batch: Batch, core: CoreId) -> PeerBatch {
-    let mut peer = PeerBatch {
-        from: batch.from,
-        to: batch.to,
-        core,
-        ..PeerBatch::default()
-    };
-    peer.heartbeats = batch
-        .heartbeats
-        .iter()
-        .map(|beat| Beat {
-            group: beat.group,
-            term: beat.term,
-            commit: beat.commit,
-            read_round: beat.read_round,
-        })
-        .collect();
-    peer.heartbeat_responses = batch
-        .heartbeat_responses
-        .iter()
-        .map(|beat| Beat {
-            group: beat.group,
-            term: beat.term,
-            commit: LogIndex::ZERO,
-            read_round: beat.read_round,
-        })
-        .collect();
-    let (from, to) = (batch.from, batch.to);
-    peer.messages = batch
-        .messages
-        .into_iter()
-        .map(|message| {
-            let body = message.body;
-            (
-                message.group,
-                Message {
-                    from,
-                    to,
-                    term: message.term,
-                    body,
-                },
-            )
-        })
-        .collect();
-    peer
-}
-
-/// The shard form of a received wire batch, validated against the batch limits.
-pub fn from_peer_batch(peer: PeerBatch) -> Result<Batch, PeerError> {
-    if peer.from == peer.to {
-        return Err(PeerError::Batch(BatchError::FromItself { from: peer.from }));
-    }
-    let mut batch = Batch::new(peer.from, peer.to);
-    let (from, to) = (peer.from, peer.to);
-    for (group, message) in peer.messages {
-        if message.from != from || message.to != to {
-            return Err(PeerError::Misrouted {
-                from: message.from,
-                to: message.to,
-                expected: from,
-            });
-        }
-        batch.push(group, message);
-    }
-    for beat in peer.heartbeats {
-        let body = MessageBody::Heartbeat {
-            commit: beat.commit,
-            read_round: beat.read_round,
-        };
-        batch.push(beat.group, envelope(from, to, beat.term, body));
-    }
-    for beat in peer.heartbeat_responses {
-        let body = MessageBody::HeartbeatResponse {
-            read_round: beat.read_round,
-        };
-        batch.push(beat.group, envelope(from, to, beat.term, body));
-    }
-    batch.validate()?;
-    Ok(batch)
-}
-
-fn envelope(from: NodeId, to: NodeId, term: crate::ids::Term, body: MessageBody) -> Message {
-    Message {
-        from,
-        to,
-        term,
-        body,
-    }
-}
-
 /// Encodes a batch as one frame (header and payload), reusing `builder`.
 pub fn encode_frame(
     builder: &mut FlatBufferBuilder<'static>,
-    batch: Batch,
+    batch: &Batch,
     core: CoreId,
 ) -> Vec<u8> {
-    let peer = to_peer_batch(batch, core);
-    let payload = encode_batch(builder, &peer);
+    let payload = encode_batch(builder, batch, core);
     let mut frame = Vec::with_capacity(FRAME_HEADER_BYTES + payload.len());
     frame.extend_from_slice(&FrameHeader::encode(payload.len()));
     frame.extend_from_slice(payload);
@@ -400,14 +304,14 @@ where
             Ok(payload) => payload,
             Err(error) => return error,
         };
-        let batch = match decode_batch(&payload)
-            .map_err(PeerError::from)
-            .and_then(from_peer_batch)
-        {
-            Ok(batch) => batch,
-            Err(error) => return error,
+        let (core, batch) = match decode_batch(&payload) {
+            Ok(decoded) => decoded,
+            Err(error) => return PeerError::Wire(error),
         };
-        if batch.from != hello.from || batch.to != hello.to {
+        if let Err(error) = batch.validate() {
+            return PeerError::Batch(error);
+        }
+        if batch.from != hello.from || batch.to != hello.to || core != hello.core {
             return PeerError::Misrouted {
                 from: batch.from,
                 to: batch.to,
@@ -448,35 +352,24 @@ mod tests {
 
     #[test]
     fn a_batch_survives_the_wire() {
-        // A shard batch with a message and coalesced beats encodes and decodes unchanged.
+        // A batch with coalesced beats encodes to a frame whose payload decodes unchanged.
         let mut batch = Batch::new(NodeId(1), NodeId(2));
-        let term = crate::ids::Term(3);
+        let message = |body| crate::raft::types::Message {
+            from: NodeId(1),
+            to: NodeId(2),
+            term: crate::ids::Term(3),
+            body,
+        };
         batch.push(
             crate::ids::GroupId(5),
-            envelope(
-                NodeId(1),
-                NodeId(2),
-                term,
-                MessageBody::Heartbeat {
-                    commit: LogIndex(4),
-                    read_round: None,
-                },
-            ),
-        );
-        batch.push(
-            crate::ids::GroupId(6),
-            envelope(
-                NodeId(1),
-                NodeId(2),
-                term,
-                MessageBody::HeartbeatResponse {
-                    read_round: Some(9),
-                },
-            ),
+            message(crate::raft::types::MessageBody::Heartbeat {
+                commit: crate::ids::LogIndex(4),
+                read_round: None,
+            }),
         );
         let mut builder = FlatBufferBuilder::new();
-        let frame = encode_frame(&mut builder, batch.clone(), CoreId(0));
+        let frame = encode_frame(&mut builder, &batch, CoreId(1));
         let decoded = decode_batch(&frame[FRAME_HEADER_BYTES..]).expect("decodes");
-        assert_eq!(from_peer_batch(decoded).expect("valid"), batch);
+        assert_eq!(decoded, (CoreId(1), batch));
     }
 }

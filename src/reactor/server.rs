@@ -20,7 +20,7 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::{Latency, Shares};
 use thiserror::Error;
 
-use crate::constants::{MESH_CHANNEL_CAPACITY, REQUEST_TIMEOUT_MS};
+use crate::constants::{MESH_CHANNEL_CAPACITY, PEER_BIND_RETRY_MS, REQUEST_TIMEOUT_MS};
 use crate::ids::{CoreId, NodeId, Ticks};
 use crate::log::{Log, WalConfig};
 use crate::reactor::client::run_client_listener;
@@ -39,11 +39,11 @@ use crate::server::ServerConfig;
 #[derive(Debug, Error)]
 pub enum ServerError {
     #[error(
-        "cannot listen for peers on {address}: {source} (another ringraft or another program holds the port? stop it or fix --peers)"
+        "cannot listen for peers on {address}: {reason} (another ringraft or another program holds the port: stop it or fix --peers)"
     )]
     PeerPort {
         address: SocketAddr,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     #[error("cannot listen for clients on {address}: {detail} (choose a free --client port)")]
     ClientPort { address: SocketAddr, detail: String },
@@ -80,11 +80,7 @@ pub fn run_server<S: ShardCore + 'static>(
 ) -> Result<(), ServerError> {
     crate::reactor::signals::install().map_err(ServerError::Signals)?;
     let peer_address = config.peer_address();
-    let peer_listener =
-        std::net::TcpListener::bind(peer_address).map_err(|source| ServerError::PeerPort {
-            address: peer_address,
-            source,
-        })?;
+    let peer_listener = bind_peer_port(config.node, peer_address)?;
     let nodes: Vec<NodeId> = config.peers.nodes().collect();
     let board = Arc::new(StatusBoard::new(config.cores, &nodes, config.node));
     let (mut senders, mut receivers) = mesh_channels(config.cores);
@@ -130,6 +126,31 @@ pub fn run_server<S: ShardCore + 'static>(
         None => {
             tracing::info!(node = %config.node, "server stopped");
             Ok(())
+        }
+    }
+}
+
+/// Binds the peer port with std, which refuses a port another process listens on. A port
+/// still held for a moment by a killed predecessor (its io_uring is torn down after it has
+/// exited) is retried for `PEER_BIND_RETRY_MS`.
+fn bind_peer_port(node: NodeId, address: SocketAddr) -> Result<std::net::TcpListener, ServerError> {
+    let deadline = Instant::now() + Duration::from_millis(PEER_BIND_RETRY_MS);
+    let mut warned = false;
+    loop {
+        match std::net::TcpListener::bind(address) {
+            Ok(listener) => return Ok(listener),
+            Err(reason)
+                if reason.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline =>
+            {
+                if !warned {
+                    tracing::warn!(node = %node, %address,
+                        "peer port in use; retrying briefly (a previous instance may still be closing)");
+                    warned = true;
+                }
+                // Start-up only, before any executor runs.
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(reason) => return Err(ServerError::PeerPort { address, reason }),
         }
     }
 }

@@ -77,7 +77,8 @@ pub trait ShardCore {
     /// A batch from a peer; an error names what was wrong with it (the connection is kept:
     /// the frame was well formed, the content was refused).
     fn on_peer_batch(&mut self, batch: Batch) -> Result<(), String>;
-    fn on_client_request(&mut self, origin: Origin, request: ClientRequest);
+    /// `raw` is the request's payload as the client sent it (forwarded without re-encoding).
+    fn on_client_request(&mut self, origin: Origin, request: ClientRequest, raw: bytes::Bytes);
     /// In ticket order.
     fn on_wal_durable(&mut self, ticket: WalTicket);
     fn on_fetched(&mut self, group: GroupId, entries: Vec<Entry>);
