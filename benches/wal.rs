@@ -4,7 +4,8 @@
 //! a pre-allocated, pre-zeroed file; `reactor::rawdisk`).
 //!
 //! A benchmark, not a test: it asserts nothing about speed. Run it with
-//! `cargo bench --bench wal -- [--runs N] [--appends N] [--dir PATH] [--pinned CPU]`.
+//! `cargo bench --bench wal -- [--runs N] [--appends N] [--dir PATH] [--pinned CPU]
+//! [--io-memory BYTES]`.
 //! Each run measures, per batch size, the WAL and then the raw file; the report gives, per
 //! batch size, the median over runs of each figure and the WAL/raw ratios of every run.
 
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use bytes::Bytes;
+use ringraft::constants::EXECUTOR_IO_MEMORY_BYTES_DEFAULT;
 use ringraft::ids::{EntryId, GroupId, LogIndex, Term};
 use ringraft::log::{Log, Wal, WalConfig};
 use ringraft::raft::types::{Entry, EntryKind, Persist, PersistPosition};
@@ -35,6 +37,7 @@ struct Options {
     appends: u64,
     dir: PathBuf,
     placement: CorePlacement,
+    io_memory_bytes: usize,
 }
 
 fn parse_options() -> Options {
@@ -43,6 +46,7 @@ fn parse_options() -> Options {
         appends: 2000,
         dir: PathBuf::from(env!("CARGO_TARGET_TMPDIR")),
         placement: CorePlacement::Unbound,
+        io_memory_bytes: EXECUTOR_IO_MEMORY_BYTES_DEFAULT,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -58,6 +62,9 @@ fn parse_options() -> Options {
                 options.placement = CorePlacement::Pinned {
                     cpu: value("--pinned").parse().expect("--pinned CPU"),
                 }
+            }
+            "--io-memory" => {
+                options.io_memory_bytes = value("--io-memory").parse().expect("--io-memory BYTES")
             }
             // cargo bench passes `--bench`; anything else unknown is a mistake.
             "--bench" => {}
@@ -333,14 +340,16 @@ fn main() {
     let options = parse_options();
     println!(
         "WAL benchmark: {} runs x {} appends (+{WARMUP_APPENDS} warm-up) of {ENTRY_BYTES}-byte \
-         entries, placement {:?}, directory {}",
+         entries, placement {:?}, io_memory {} bytes, directory {}",
         options.runs,
         options.appends,
         options.placement,
+        options.io_memory_bytes,
         options.dir.display()
     );
     let mut config = ExecutorConfig::new("wal-bench");
     config.placement = options.placement;
+    config.io_memory_bytes = options.io_memory_bytes;
     let results = run_executor(&config, async {
         let mut results: Vec<(usize, Vec<RunResult>)> = BATCH_ENTRY_COUNTS
             .iter()

@@ -100,6 +100,9 @@ struct SimArgs {
     /// Ticks of fault injection before the liveness phase.
     #[arg(long, default_value_t = ringraft::constants::SIM_SAFETY_TICKS_DEFAULT)]
     ticks: u64,
+    /// Draw every seed from the term-churn fault profile instead of the mix.
+    #[arg(long)]
+    churn: bool,
     /// Print every event of the run (with `--seed`).
     #[arg(long)]
     trace: bool,
@@ -244,6 +247,7 @@ fn sim(args: &SimArgs) -> anyhow::Result<()> {
     let mut template = SimConfig::new(args.first_seed, args.nodes as usize, args.groups as usize);
     template.safety_ticks = args.ticks;
     template.trace = args.trace && args.seed.is_some();
+    template.churn = args.churn;
     if let Some(seed) = args.seed {
         println!("seed {seed}");
         let report = run_seed(SimConfig { seed, ..template })?;
@@ -269,11 +273,12 @@ fn sim(args: &SimArgs) -> anyhow::Result<()> {
     let print_failure = |error: &SimError| {
         println!("FAILED {error}");
         println!(
-            "  replay: ringraft sim --seed {} --nodes {} --groups {} --ticks {}",
+            "  replay: ringraft sim --seed {} --nodes {} --groups {} --ticks {}{}",
             error.seed(),
             args.nodes,
             args.groups,
-            args.ticks
+            args.ticks,
+            if args.churn { " --churn" } else { "" }
         );
     };
     let summary = run_seeds(template, sweep, &print_failure);

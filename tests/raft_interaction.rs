@@ -212,16 +212,19 @@ impl Env {
                 }
             }
             "persist" => {
+                let writes = option(&args, "writes")?.map_or(usize::MAX, |n| n as usize);
                 for id in self.node_list(&args)? {
-                    self.persist(id, &mut out)?;
+                    self.persist(id, writes, &mut out)?;
                 }
             }
             "deliver-msgs" => {
+                let limit = option(&args, "limit")?.map_or(usize::MAX, |n| n as usize);
                 for id in self.node_list(&args)? {
-                    self.deliver(id, &mut out)?;
+                    self.deliver(id, limit, &mut out)?;
                 }
             }
             "drop-msgs" => self.drop_messages(&args, &mut out)?,
+            "duplicate-msgs" => self.duplicate_messages(&args, &mut out)?,
             "stabilize" => self.stabilize(&args, &mut out)?,
             "partition" => self.partition(&args, &mut out)?,
             "heal" => {
@@ -388,15 +391,17 @@ impl Env {
         Ok(true)
     }
 
-    /// Sync every pending write of a node, tell the core, and release the held messages.
-    fn persist(&mut self, id: NodeId, out: &mut Output) -> Result<bool, String> {
+    /// Sync the oldest `writes` pending writes of a node, tell the core, and release the
+    /// messages held for them.
+    fn persist(&mut self, id: NodeId, writes: usize, out: &mut Output) -> Result<bool, String> {
         let node = self.node(id)?;
         if node.pending.is_empty() {
             return Ok(false);
         }
         let mut position = None;
         let mut released = Vec::new();
-        for (persist, messages) in node.pending.drain(..) {
+        let count = writes.min(node.pending.len());
+        for (persist, messages) in node.pending.drain(..count) {
             if let Some(persist) = persist {
                 node.disk.write(&persist);
                 position = Some(persist.position);
@@ -421,11 +426,18 @@ impl Env {
         Ok(true)
     }
 
-    /// Step every in-flight message addressed to `id`, in send order; cut links drop them.
-    fn deliver(&mut self, id: NodeId, out: &mut Output) -> Result<bool, String> {
-        let (mine, rest): (Vec<Message>, Vec<Message>) = std::mem::take(&mut self.in_flight)
-            .into_iter()
-            .partition(|message| message.to == id);
+    /// Step the first `limit` in-flight messages addressed to `id`, in send order; cut links
+    /// drop them.
+    fn deliver(&mut self, id: NodeId, limit: usize, out: &mut Output) -> Result<bool, String> {
+        let mut mine = Vec::new();
+        let mut rest = Vec::new();
+        for message in std::mem::take(&mut self.in_flight) {
+            if message.to == id && mine.len() < limit {
+                mine.push(message);
+            } else {
+                rest.push(message);
+            }
+        }
         self.in_flight = rest;
         if mine.is_empty() {
             return Ok(false);
@@ -458,6 +470,23 @@ impl Env {
         Ok(())
     }
 
+    /// The network delivers a message twice: copy matching in-flight messages.
+    fn duplicate_messages(&mut self, args: &[&str], out: &mut Output) -> Result<(), String> {
+        let from = option(args, "from")?.map(NodeId);
+        let to = option(args, "to")?.map(NodeId);
+        let copies: Vec<Message> = self
+            .in_flight
+            .iter()
+            .filter(|m| from.is_none_or(|f| m.from == f) && to.is_none_or(|t| m.to == t))
+            .cloned()
+            .collect();
+        for message in &copies {
+            out.push(format!("duplicated: {}", show_message(message)));
+        }
+        self.in_flight.extend(copies);
+        Ok(())
+    }
+
     /// Run every node's Ready, sync and delivery until nothing moves (etcd's `stabilize`).
     fn stabilize(&mut self, args: &[&str], out: &mut Output) -> Result<(), String> {
         let ids = self.node_list(args)?;
@@ -467,10 +496,10 @@ impl Env {
                 moved |= self.process_ready(id, out)?;
             }
             for &id in &ids {
-                moved |= self.persist(id, out)?;
+                moved |= self.persist(id, usize::MAX, out)?;
             }
             for &id in &ids {
-                moved |= self.deliver(id, out)?;
+                moved |= self.deliver(id, usize::MAX, out)?;
             }
             if !moved {
                 return Ok(());

@@ -292,6 +292,8 @@ impl RaftNode {
             read_round_unsent: false,
             read_round_confirmed: 0,
             heartbeat_elapsed_ticks: 0,
+            heartbeat_due: false,
+            appends_dirty: true,
             term_start: next,
             uncommitted_bytes: empty.size_bytes(),
         };
@@ -299,8 +301,6 @@ impl RaftNode {
         self.leader = Some(self.config.id);
         self.election_elapsed_ticks = 0;
         self.log.push(empty);
-        self.appends_dirty = true;
-        self.heartbeat_due = false;
     }
 
     /// Leader's tick: heartbeats, check-quorum (§6.2), transfer abort (§3.10).
@@ -313,7 +313,7 @@ impl RaftNode {
         state.heartbeat_elapsed_ticks += 1;
         if state.heartbeat_elapsed_ticks >= heartbeat_interval {
             state.heartbeat_elapsed_ticks = 0;
-            self.heartbeat_due = true;
+            state.heartbeat_due = true;
         }
         if let Some(transfer) = &mut state.transfer {
             transfer.elapsed_ticks += 1;

@@ -96,6 +96,10 @@ pub(crate) struct LeaderState {
     pub read_round_unsent: bool,
     pub read_round_confirmed: u64,
     pub heartbeat_elapsed_ticks: u32,
+    /// Heartbeats go out at the next `ready`.
+    pub heartbeat_due: bool,
+    /// Something changed that may let appends go out at the next `ready`.
+    pub appends_dirty: bool,
     /// Index of this leader's first (empty) entry; commit reaching it means the leader has
     /// committed in its term.
     pub term_start: LogIndex,
@@ -121,8 +125,6 @@ pub struct RaftNode {
     pub(crate) election_elapsed_ticks: u32,
     /// This election's timeout, drawn from `[base, 2 * base)` (§5.2).
     pub(crate) election_timeout_ticks: u32,
-    pub(crate) heartbeat_due: bool,
-    pub(crate) appends_dirty: bool,
     pub(crate) hard_state_sent: HardState,
     /// The current term and vote change in a persist not handed out yet.
     pub(crate) term_vote_dirty: bool,
@@ -191,8 +193,6 @@ impl RaftNode {
             apply_sent: applied,
             election_elapsed_ticks: 0,
             election_timeout_ticks: 0,
-            heartbeat_due: false,
-            appends_dirty: false,
             hard_state_sent: hard_state,
             term_vote_dirty: false,
             term_vote_position: PersistPosition(0),
@@ -344,8 +344,8 @@ impl RaftNode {
             });
         }
         state.uncommitted_bytes += entry_bytes;
+        state.appends_dirty = true;
         self.log.push(entry);
-        self.appends_dirty = true;
         Ok(id)
     }
 
@@ -407,19 +407,21 @@ impl RaftNode {
             elapsed_ticks: 0,
             timeout_now_sent: false,
         });
-        self.appends_dirty = true;
+        state.appends_dirty = true;
         Ok(())
     }
 
     /// The hard state as it must be persisted now.
     pub(crate) fn hard_state(&self) -> HardState {
+        // The canary forgets a vote for another node, and the term raise that came with it,
+        // so a restart can vote again in that term.
         #[cfg(test)]
         if self.config.canary == Some(crate::raft::config::Canary::VoteNotPersisted)
-            && self.vote != Some(self.config.id)
+            && self.vote.is_some_and(|vote| vote != self.config.id)
         {
             return HardState {
-                term: self.term,
-                vote: None,
+                term: self.hard_state_sent.term,
+                vote: self.hard_state_sent.vote,
                 commit: self.commit,
             };
         }
@@ -554,9 +556,20 @@ impl RaftNode {
         }
         self.role = Role::Follower;
         self.leader = leader;
-        self.heartbeat_due = false;
-        self.appends_dirty = false;
         self.reset_election_timer();
+    }
+
+    fn leader_flush_due(&self) -> bool {
+        match &self.role {
+            Role::Leader(state) => state.heartbeat_due || state.appends_dirty,
+            _ => false,
+        }
+    }
+
+    pub(crate) fn mark_appends_dirty(&mut self) {
+        if let Role::Leader(state) = &mut self.role {
+            state.appends_dirty = true;
+        }
     }
 
     pub fn has_ready(&self) -> bool {
@@ -564,8 +577,7 @@ impl RaftNode {
             || self.log.last().index > self.log.written()
             || self.hard_state() != self.hard_state_sent
             || !self.messages.is_empty()
-            || self.heartbeat_due
-            || self.appends_dirty
+            || self.leader_flush_due()
         {
             return true;
         }
@@ -642,8 +654,15 @@ impl RaftNode {
             self.term_vote_dirty = false;
             self.term_vote_position = position;
         }
-        // Every deferred message requires at most this position.
-        ready.messages_after_persist = self.deferred.drain(..).map(|(_, m)| m).collect();
+        // Every deferred message requires at most this position. Those of an older term
+        // are dropped (as if lost): the state they depended on may never have been durable
+        // on its own, since this persist already carries a newer term.
+        let term = self.term;
+        ready.messages_after_persist = std::mem::take(&mut self.deferred)
+            .into_iter()
+            .filter(|(_, message)| message.term == term)
+            .map(|(_, message)| message)
+            .collect();
         ready.persist = Some(Persist {
             position,
             entries,
@@ -758,9 +777,7 @@ impl RaftNode {
             // Nothing usable: wait a heartbeat before asking again.
             self.fetch_backoff_ticks = self.config.heartbeat_interval_ticks.get();
         }
-        if matches!(self.role, Role::Leader(_)) {
-            self.appends_dirty = true;
-        }
+        self.mark_appends_dirty();
     }
 
     /// Drop tail entries that are durable, applied and (on a leader) matched by every

@@ -33,7 +33,7 @@ impl RaftNode {
         if committed_in_term && !state.read_round_unsent {
             state.read_round += 1;
             state.read_round_unsent = true;
-            self.heartbeat_due = true;
+            state.heartbeat_due = true;
         }
         state.reads.push_back(PendingRead {
             context,
@@ -63,7 +63,7 @@ impl RaftNode {
             read.index = Some(commit);
             read.round = state.read_round;
         }
-        self.heartbeat_due = true;
+        state.heartbeat_due = true;
         self.update_read_confirmed();
     }
 

@@ -30,11 +30,11 @@ struct AppendContext<'a> {
 impl RaftNode {
     /// Build the leader's pending heartbeats, appends and TimeoutNow (called from `ready`).
     pub(crate) fn flush_leader(&mut self) {
-        let heartbeat_due = std::mem::take(&mut self.heartbeat_due);
-        let appends_dirty = std::mem::take(&mut self.appends_dirty);
         let Role::Leader(state) = &mut self.role else {
             return;
         };
+        let heartbeat_due = std::mem::take(&mut state.heartbeat_due);
+        let appends_dirty = std::mem::take(&mut state.appends_dirty);
         let context = AppendContext {
             log: &self.log,
             from: self.config.id,
@@ -153,7 +153,7 @@ impl RaftNode {
                 back_up(progress, rejected, conflict);
             }
         }
-        self.appends_dirty = true;
+        self.mark_appends_dirty();
         if committed_moved {
             self.maybe_commit();
         }
@@ -176,7 +176,7 @@ impl RaftNode {
             progress.state = ProgressState::Probe { paused: false };
         }
         if progress.matched < last_index {
-            self.appends_dirty = true;
+            state.appends_dirty = true;
         }
         if let Some(round) = read_round
             && round <= current_round
@@ -251,7 +251,7 @@ impl RaftNode {
                 index = index.next();
             }
             let first_commit_in_term = previous < state.term_start && commit >= state.term_start;
-            self.appends_dirty = true;
+            state.appends_dirty = true;
             if first_commit_in_term {
                 self.start_waiting_reads();
             }
@@ -348,7 +348,7 @@ impl RaftNode {
                 && progress.inflights.count() > 0;
             if stalled {
                 progress.become_probe(progress.matched.next());
-                self.appends_dirty = true;
+                state.appends_dirty = true;
             }
             progress.matched_at_check = progress.matched;
             progress.inflights.release_if_idle();

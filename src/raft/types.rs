@@ -224,6 +224,14 @@ pub struct SoftState {
 /// 2. persist `persist`, then release `messages_after_persist` and call `on_persisted`;
 /// 3. apply `committed_entries` in order and call `on_applied` with the last index applied;
 /// 4. serve `read_states`; answer `fetch` with `on_fetched`.
+///
+/// `messages_after_persist` is non-empty only together with a `persist`. Messages that wait
+/// for a persist handed out in an earlier Ready stay inside the node and come out in
+/// `messages` once `on_persisted` covers it. `committed_entries` never go past the commit
+/// index of a hard state handed out in this or an earlier Ready. `read_states` are
+/// confirmed by a heartbeat quorum (thesis §6.4) and applied; reads pending when leadership
+/// is lost are dropped without a trace here: the caller sees the change in `soft_state` and
+/// fails or retries what it still waits for.
 #[derive(Debug, Default)]
 pub struct Ready {
     pub soft_state: Option<SoftState>,

@@ -72,6 +72,7 @@ impl DmaDisk {
     /// removed: they were never segments.
     pub async fn open(dir: &Path) -> Result<DmaDisk, DiskError> {
         // Start-up only: one blocking mkdir before the reactor does any real work.
+        let existed = dir.is_dir();
         std::fs::create_dir_all(dir).map_err(|error| {
             DiskError::new(
                 DiskOp::List,
@@ -79,6 +80,22 @@ impl DmaDisk {
                 format!("creating {}: {error}", dir.display()),
             )
         })?;
+        if !existed {
+            // The new directory's own name must be durable before segments in it are.
+            if let Some(parent) = dir.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+                let parent_directory = Directory::open(parent)
+                    .await
+                    .map_err(|error| glommio_error(DiskOp::Create, None, &error))?;
+                parent_directory
+                    .sync()
+                    .await
+                    .map_err(|error| glommio_error(DiskOp::Create, None, &error))?;
+                parent_directory
+                    .close()
+                    .await
+                    .map_err(|error| glommio_error(DiskOp::Create, None, &error))?;
+            }
+        }
         let alignment = probe_device(dir)
             .await
             .map_err(|error| DiskError::new(DiskOp::List, None, error.to_string()))?;
@@ -529,6 +546,38 @@ mod tests {
             assert_eq!(bytes.as_ref(), expected.as_slice());
             let missing = disk.read(SegmentSeq(2), 0, alignment).await;
             assert!(missing.is_err(), "removed segment still readable");
+        });
+    }
+
+    // Operations on a missing segment, or a read past a segment's end, fail with an error
+    // naming the operation and the segment, not a panic.
+    #[test]
+    fn errors_name_operation_and_segment() {
+        let dir = temp_dir("ringraft-dma-disk-");
+        let path = dir.path().to_path_buf();
+        run(async move {
+            let disk = DmaDisk::open(&path).await.expect("open");
+            let alignment = disk.alignment();
+            let missing = SegmentSeq(9);
+            let error = disk
+                .write(missing, 0, disk.alloc(alignment))
+                .await
+                .expect_err("no such segment");
+            assert_eq!((error.op, error.segment), (DiskOp::Write, Some(missing)));
+            let error = disk.sync(missing).await.expect_err("no such segment");
+            assert_eq!((error.op, error.segment), (DiskOp::Sync, Some(missing)));
+            disk.create_segment(SegmentSeq(1), 16 * 1024)
+                .await
+                .expect("create");
+            let error = disk
+                .read(SegmentSeq(1), 16 * 1024 - alignment as u64, 2 * alignment)
+                .await
+                .expect_err("read past the end");
+            assert_eq!(
+                (error.op, error.segment),
+                (DiskOp::Read, Some(SegmentSeq(1)))
+            );
+            assert!(error.message.contains("short read"), "{error}");
         });
     }
 

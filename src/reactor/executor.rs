@@ -346,6 +346,21 @@ mod tests {
         );
     }
 
+    // An executor pinned to CPU 0 runs there (the production flag; tests otherwise stay
+    // unbound).
+    #[test]
+    fn pinned_executor_runs_on_its_cpu() {
+        let mut config = ExecutorConfig::new("test-pinned");
+        config.placement = CorePlacement::Pinned { cpu: 0 };
+        // A thread of its own: pinning is never undone, and must not outlive this test.
+        // SAFETY: sched_getcpu has no preconditions; it reads the calling thread's CPU.
+        let cpu = spawn_executor(&config, || async { unsafe { libc::sched_getcpu() } })
+            .expect("CPU 0 exists")
+            .join()
+            .expect("no panic");
+        assert_eq!(cpu, 0, "pinned executor ran on CPU {cpu}");
+    }
+
     // A panic inside the executor's future comes back from join with its message.
     #[test]
     fn panic_in_executor_is_reported_by_join() {

@@ -16,10 +16,18 @@ pub struct BatchAssembler {
     /// searched linearly beats a map.
     open: Vec<(Batch, u64)>,
     closed: Vec<Batch>,
-    /// Per destination, the list lengths of the last batch drained: a new batch reserves
-    /// them at once, so a steady round never regrows (and copies) large lists.
+    /// Per destination, a decaying maximum of the non-zero list lengths drained: a new
+    /// batch reserves them at once, so a steady round never regrows (and copies) its lists.
     sizes_last: Vec<(NodeId, [usize; 3])>,
+    /// Emptied batches kept for their capacity (at most `SPARE_BATCHES_MAX`, each at most
+    /// `SPARE_BATCH_BYTES_MAX`): a steady round then allocates no list at all.
+    spare: Vec<Batch>,
 }
+
+/// Emptied batches an assembler keeps for reuse: two per peer of a five-node group.
+pub const SPARE_BATCHES_MAX: usize = 8;
+/// Heap bytes of one kept batch's lists; a larger one (a burst's) is freed instead.
+pub const SPARE_BATCH_BYTES_MAX: usize = 256 * 1024;
 
 impl BatchAssembler {
     pub fn new(from: NodeId) -> BatchAssembler {
@@ -28,7 +36,20 @@ impl BatchAssembler {
             open: Vec::new(),
             closed: Vec::new(),
             sizes_last: Vec::new(),
+            spare: Vec::new(),
         }
+    }
+
+    /// Keeps an emptied batch (one sent and encoded, or one received and stepped) for its
+    /// lists' capacity; drops it when enough are kept.
+    pub fn recycle(&mut self, mut batch: Batch) {
+        if self.spare.len() >= SPARE_BATCHES_MAX || batch.capacity_bytes() > SPARE_BATCH_BYTES_MAX {
+            return;
+        }
+        batch.messages.clear();
+        batch.heartbeats.clear();
+        batch.heartbeat_responses.clear();
+        self.spare.push(batch);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -69,8 +90,22 @@ impl BatchAssembler {
         *size_bytes += item_bytes;
     }
 
+    /// Frees the kept batches, for a core with nothing to do.
+    pub fn release_spare(&mut self) {
+        self.spare = Vec::new();
+    }
+
     fn open_batch(&mut self, to: NodeId) -> usize {
-        let mut batch = Batch::new(self.from, to);
+        let mut batch = match self.spare.pop() {
+            Some(mut spare) => {
+                assert!(spare.is_empty(), "spare batch to {} not empty", spare.to);
+                assert!(self.from != to, "batch: from {} equals to {to}", self.from);
+                spare.from = self.from;
+                spare.to = to;
+                spare
+            }
+            None => Batch::new(self.from, to),
+        };
         if let Some((_, [messages, heartbeats, responses])) =
             self.sizes_last.iter().find(|(node, _)| *node == to)
         {
@@ -96,7 +131,16 @@ impl BatchAssembler {
                 .iter_mut()
                 .find(|(node, _)| *node == batch.to)
             {
-                Some((_, last)) => *last = sizes,
+                // A decaying maximum over the rounds that used the list: rounds of
+                // heartbeats and rounds of their responses alternate, and an unused list
+                // must keep the memory of its own busy round.
+                Some((_, last)) => {
+                    for (hint, size) in last.iter_mut().zip(sizes) {
+                        if size > 0 {
+                            *hint = size.max(*hint - *hint / 4);
+                        }
+                    }
+                }
                 None => self.sizes_last.push((batch.to, sizes)),
             }
             out.push(batch);
@@ -110,6 +154,7 @@ mod tests {
 
     use super::*;
     use crate::ids::{EntryId, LogIndex, Term};
+    use crate::prng::Prng;
     use crate::raft::{Entry, EntryKind, MessageBody};
 
     fn heartbeat(from: u64, to: u64, term: u64, commit: u64) -> Message {
@@ -152,12 +197,13 @@ mod tests {
         let mut batches = Vec::new();
         assembler.drain_into(&mut batches);
         assert_eq!(batches.len(), 1, "one destination, one batch");
-        let batch = batches.pop().expect("one batch");
+        let mut batch = batches.pop().expect("one batch");
         assert!(batch.messages.is_empty());
         assert_eq!(batch.heartbeats.len(), 1000);
         assert_eq!(batch.heartbeat_responses.len(), 1000);
         assert_eq!(batch.validate(), Ok(()));
-        let mut received: Vec<_> = batch.into_messages().collect();
+        let mut received: Vec<_> = batch.drain_messages().collect();
+        assert!(batch.is_empty(), "drained");
         received
             .sort_by_key(|(g, m)| (*g, matches!(m.body, MessageBody::HeartbeatResponse { .. })));
         assert_eq!(received, sent);
@@ -225,5 +271,129 @@ mod tests {
             batch.validate(),
             Err(BatchError::FromItself { from: NodeId(1) })
         );
+    }
+
+    #[test]
+    fn recycled_batches_lend_their_capacity_within_bounds() {
+        // A small received batch's lists serve the next outgoing batch; one whose lists pass
+        // the spare limit is freed instead, and an idle core frees the kept ones.
+        let mut assembler = BatchAssembler::new(NodeId(1));
+        let mut small = Batch::new(NodeId(2), NodeId(1));
+        small.heartbeats.reserve_exact(100);
+        assembler.recycle(small);
+        assembler.push(GroupId(0), heartbeat(1, 3, 1, 0));
+        let mut batches = Vec::new();
+        assembler.drain_into(&mut batches);
+        assert_eq!((batches[0].from, batches[0].to), (NodeId(1), NodeId(3)));
+        assert!(batches[0].heartbeats.capacity() >= 100, "capacity reused");
+
+        let mut large = Batch::new(NodeId(2), NodeId(1));
+        large.heartbeats.reserve_exact(SPARE_BATCH_BYTES_MAX);
+        assert!(large.capacity_bytes() > SPARE_BATCH_BYTES_MAX);
+        assembler.recycle(large);
+        assert!(assembler.spare.is_empty(), "a burst's batch is not kept");
+        for _ in 0..SPARE_BATCHES_MAX + 3 {
+            assembler.recycle(Batch::new(NodeId(2), NodeId(1)));
+        }
+        assert_eq!(assembler.spare.len(), SPARE_BATCHES_MAX);
+        assembler.release_spare();
+        assert!(assembler.spare.is_empty());
+    }
+
+    /// A random message of one of the kinds a round produces.
+    fn random_message(prng: &mut Prng, to: NodeId) -> Message {
+        let term = Term(prng.range_inclusive(1, 9));
+        let index = LogIndex(prng.below(1000));
+        let body = match prng.below(5) {
+            0 => MessageBody::Heartbeat {
+                commit: index,
+                read_round: prng.chance(1, 2).then(|| prng.below(100)),
+            },
+            1 => MessageBody::HeartbeatResponse {
+                read_round: prng.chance(1, 2).then(|| prng.below(100)),
+            },
+            2 => MessageBody::VoteResponse {
+                granted: prng.chance(1, 2),
+            },
+            3 => MessageBody::AppendResponse(crate::raft::AppendResponse::Accepted {
+                last_index: index,
+            }),
+            _ => {
+                let entry_count = prng.below(4);
+                let entries = (1..=entry_count)
+                    .map(|k| Entry {
+                        id: EntryId::new(term, index.plus(k)),
+                        kind: EntryKind::Command,
+                        data: Bytes::from(vec![k as u8; prng.below(64) as usize]),
+                    })
+                    .collect();
+                MessageBody::Append {
+                    prev: EntryId::new(term, index),
+                    entries,
+                    commit: index,
+                }
+            }
+        };
+        Message {
+            from: NodeId(1),
+            to,
+            term,
+            body,
+        }
+    }
+
+    /// Which list of a batch a message travels in; order is kept within each.
+    fn lane(body: &MessageBody) -> u8 {
+        match body {
+            MessageBody::Heartbeat { .. } => 0,
+            MessageBody::HeartbeatResponse { .. } => 1,
+            _ => 2,
+        }
+    }
+
+    #[test]
+    fn random_message_mixes_round_trip_through_one_batch_per_peer() {
+        // Seeded: any mix of message kinds from up to 2,000 groups to four peers becomes one
+        // valid batch per peer, and expanding them gives back every message, in order within
+        // each group and list (heartbeats, responses, others).
+        let seed = crate::shard::test_seed();
+        let mut prng = Prng::new(seed);
+        for _ in 0..20 {
+            let mut assembler = BatchAssembler::new(NodeId(1));
+            let mut sent = Vec::new();
+            for _ in 0..prng.below(3000) {
+                let to = NodeId(prng.range_inclusive(2, 5));
+                let group = GroupId(prng.below(2000) as u32);
+                let message = random_message(&mut prng, to);
+                sent.push((to, group, lane(&message.body), message.clone()));
+                assembler.push(group, message);
+            }
+            let mut batches = Vec::new();
+            assembler.drain_into(&mut batches);
+            let mut destinations: Vec<NodeId> = batches.iter().map(|b| b.to).collect();
+            destinations.sort_unstable();
+            let before = destinations.len();
+            destinations.dedup();
+            assert_eq!(
+                before,
+                destinations.len(),
+                "seed {seed}: one batch per peer"
+            );
+            let mut received = Vec::new();
+            for mut batch in batches {
+                assert_eq!(batch.validate(), Ok(()), "seed {seed}");
+                assert_eq!(batch.from, NodeId(1));
+                let to = batch.to;
+                for (group, message) in batch.drain_messages() {
+                    assert_eq!(message.to, to, "seed {seed}");
+                    received.push((to, group, lane(&message.body), message));
+                }
+                assembler.recycle(batch);
+            }
+            // A stable sort keeps each (peer, group, list) sequence in its original order.
+            sent.sort_by_key(|(to, group, lane, _)| (*to, *group, *lane));
+            received.sort_by_key(|(to, group, lane, _)| (*to, *group, *lane));
+            assert_eq!(received, sent, "seed {seed}");
+        }
     }
 }

@@ -5,26 +5,14 @@
 
 use bytes::Bytes;
 
-use crate::ids::{GroupId, NodeId};
+use crate::ids::{GroupId, NodeId, Ticks};
 use crate::prng::Prng;
 use crate::raft::{Membership, RaftConfig, RaftNode, RestoredState, RoleKind};
 use crate::shard::local::LocalCluster;
 use crate::shard::multi::MultiRaft;
+use crate::shard::test_seed;
 
 const NODE_COUNT: u64 = 3;
-
-/// The seed of a randomized test: `RINGRAFT_SEED` if set, else a fixed default. Printed
-/// first so that a failure replays.
-fn seed() -> u64 {
-    let seed = match std::env::var("RINGRAFT_SEED") {
-        Ok(text) => text
-            .parse()
-            .unwrap_or_else(|_| panic!("RINGRAFT_SEED={text} is not a number")),
-        Err(_) => 0x5eed_0001,
-    };
-    println!("seed {seed} (replay with RINGRAFT_SEED={seed})");
-    seed
-}
 
 fn cluster(group_count: u32, seed: u64) -> LocalCluster<RaftNode> {
     let mut prng = Prng::new(seed);
@@ -50,9 +38,9 @@ fn cluster(group_count: u32, seed: u64) -> LocalCluster<RaftNode> {
 fn tick_until_all_led(
     cluster: &mut LocalCluster<RaftNode>,
     group_count: u32,
-    ticks_max: u32,
+    ticks_max: Ticks,
 ) -> u32 {
-    for ticks in 1..=ticks_max {
+    for ticks in 1..=ticks_max.get() {
         cluster.tick();
         cluster.step_until_quiet(64);
         let all_led = (0..group_count).all(|g| {
@@ -75,11 +63,11 @@ fn three_nodes_elect_leaders_for_100_groups_and_commit_in_each() {
     // Paper §5.2 and §5.3 across 100 groups at once: elections by timeout give every group
     // one leader, and five proposals per group are applied on all three nodes, in the same
     // order, with the same bytes.
-    let seed = seed();
+    let seed = test_seed();
     let group_count = 100;
     let mut cluster = cluster(group_count, seed);
     cluster.record_applied();
-    let ticks = tick_until_all_led(&mut cluster, group_count, 200);
+    let ticks = tick_until_all_led(&mut cluster, group_count, Ticks(200));
     println!("all {group_count} groups led after {ticks} ticks");
     let mut leaders_used = [false; NODE_COUNT as usize];
     for g in 0..group_count {
@@ -126,7 +114,7 @@ fn three_nodes_elect_leaders_for_100_groups_and_commit_in_each() {
 fn an_idle_cluster_sends_one_batch_per_peer_per_tick_and_nothing_between() {
     // With 300 groups led from all three nodes, a tick's heartbeats travel as at most one
     // batch per ordered node pair, and rounds without a tick visit no group at all.
-    let seed = seed();
+    let seed = test_seed();
     let group_count = 300;
     let mut cluster = cluster(group_count, seed);
     for g in 0..group_count {

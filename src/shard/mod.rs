@@ -5,6 +5,7 @@
 //! Pure like the Raft core: this room must not import glommio, read real time, or do I/O.
 
 pub mod batch;
+pub mod core;
 pub mod group;
 pub mod local;
 pub mod multi;
@@ -21,3 +22,17 @@ pub use multi::{
 mod cluster_tests;
 #[cfg(test)]
 mod multi_tests;
+
+/// The seed of a randomized test: `RINGRAFT_SEED` if set, else a fixed default. Printed
+/// first so that a failure replays.
+#[cfg(test)]
+fn test_seed() -> u64 {
+    let seed = match std::env::var("RINGRAFT_SEED") {
+        Ok(text) => text
+            .parse()
+            .unwrap_or_else(|_| panic!("RINGRAFT_SEED={text} is not a number")),
+        Err(_) => 0x5eed_0001,
+    };
+    println!("seed {seed} (replay with RINGRAFT_SEED={seed})");
+    seed
+}

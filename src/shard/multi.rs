@@ -247,7 +247,7 @@ impl<G: RaftGroup> MultiRaft<G> {
     /// Routes a batch from a peer to its groups (heartbeats expanded). Messages for groups
     /// this core does not host, or that their group refuses, are dropped and counted: the
     /// network may deliver stale or misrouted messages, and Raft tolerates their loss.
-    pub fn step_batch(&mut self, batch: Batch) -> Result<StepSummary, MultiRaftError> {
+    pub fn step_batch(&mut self, mut batch: Batch) -> Result<StepSummary, MultiRaftError> {
         if batch.to != self.node {
             return Err(MultiRaftError::Misaddressed {
                 to: batch.to,
@@ -259,7 +259,7 @@ impl<G: RaftGroup> MultiRaft<G> {
             source,
         })?;
         let mut summary = StepSummary::default();
-        for (group, message) in batch.into_messages() {
+        for (group, message) in batch.drain_messages() {
             let Some(slot) = self.slot(group) else {
                 summary.dropped_count += 1;
                 continue;
@@ -273,6 +273,7 @@ impl<G: RaftGroup> MultiRaft<G> {
             }
             self.mark_dirty(slot);
         }
+        self.assembler.recycle(batch);
         self.stats.messages_received_count +=
             (summary.delivered_count + summary.dropped_count) as u64;
         self.stats.messages_dropped_count += summary.dropped_count as u64;
@@ -329,6 +330,12 @@ impl<G: RaftGroup> MultiRaft<G> {
         self.with_group(group, |raft| raft.on_fetched(entries))
     }
 
+    /// Gives back a batch the caller has sent (encoded), so its lists' capacity serves a
+    /// later round.
+    pub fn recycle(&mut self, batch: Batch) {
+        self.assembler.recycle(batch);
+    }
+
     /// Whether a round now would visit any group or release any held message.
     pub fn has_work(&self) -> bool {
         !self.dirty.is_empty() || self.held.iter().any(|h| self.is_durable(h))
@@ -341,6 +348,24 @@ impl<G: RaftGroup> MultiRaft<G> {
         out.clear();
         self.stats.round_count += 1;
         self.release_held();
+        if !self.dirty.is_empty() {
+            self.collect_dirty(out);
+        }
+        self.assembler.drain_into(&mut out.batches);
+        self.stats.batches_sent_count += out.batches.len() as u64;
+        if out.is_empty() && self.dirty.is_empty() && self.held.is_empty() {
+            // A round with nothing to show: an idle core keeps no capacity a burst of held
+            // messages left behind. Spare batches stay (bounded by count and bytes): the
+            // next tick's heartbeats reuse them.
+            if self.held.capacity() > 0 {
+                self.held = Vec::new();
+            }
+        }
+    }
+
+    /// Collects the Ready of every dirty group; a group with more to give after its Ready
+    /// stays dirty for the next round.
+    fn collect_dirty(&mut self, out: &mut RoundOutput) {
         std::mem::swap(&mut self.dirty, &mut self.dirty_scratch);
         let mut dirty = std::mem::take(&mut self.dirty_scratch);
         for &slot in &dirty {
@@ -365,8 +390,6 @@ impl<G: RaftGroup> MultiRaft<G> {
         }
         dirty.clear();
         self.dirty_scratch = dirty;
-        self.assembler.drain_into(&mut out.batches);
-        self.stats.batches_sent_count += out.batches.len() as u64;
     }
 
     fn collect(&mut self, slot: u32, ready: Ready, out: &mut RoundOutput) {
@@ -385,6 +408,10 @@ impl<G: RaftGroup> MultiRaft<G> {
             state.persist_requested = persist.position;
             out.persists.push(GroupPersist { group, persist });
         }
+        // `messages` leave now (a leader's appends go out in parallel with its own write,
+        // thesis §10.2.1); `messages_after_persist` (votes granted, appends acknowledged)
+        // wait until the state they promise is durable (paper Figure 2: "respond to RPCs
+        // only after updating stable storage").
         let durable = state.persisted >= state.persist_requested;
         let position = state.persist_requested;
         for message in ready.messages {

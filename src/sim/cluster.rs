@@ -43,6 +43,12 @@ struct Scenario {
     propose_per_mille: u64,
     read_per_mille: u64,
     transfer_per_mille: u64,
+    /// Partitions isolate a leader half of the time.
+    isolate_leaders: bool,
+    /// Crashed nodes stay down for `[2, down_ticks_max]` ticks.
+    down_ticks_max: u64,
+    /// Partitions last `[3, partition_ticks_max]` ticks.
+    partition_ticks_max: u64,
     pre_vote: bool,
     check_quorum: bool,
     append_entries_max: usize,
@@ -50,11 +56,11 @@ struct Scenario {
 }
 
 impl Scenario {
-    fn draw(prng: &mut Prng) -> Scenario {
+    fn draw(prng: &mut Prng, churn: bool) -> Scenario {
         let tick = SIM_TICK_UNITS;
         let delay_choices = [tick / 2, tick, 3 * tick, 6 * tick];
         let loss_choices = [0, 10, 50, 150];
-        Scenario {
+        let scenario = Scenario {
             network: NetworkFaults {
                 loss_per_mille: *prng.choose(&loss_choices).unwrap_or(&0),
                 duplicate_per_mille: *prng.choose(&[0, 0, 20, 80]).unwrap_or(&0),
@@ -66,10 +72,35 @@ impl Scenario {
             propose_per_mille: *prng.choose(&[100, 300, 700]).unwrap_or(&300),
             read_per_mille: *prng.choose(&[0, 50, 200]).unwrap_or(&50),
             transfer_per_mille: *prng.choose(&[0, 0, 10, 30]).unwrap_or(&0),
+            isolate_leaders: prng.chance(1, 2),
+            down_ticks_max: 40,
+            partition_ticks_max: 60,
             pre_vote: prng.chance(3, 4),
             check_quorum: prng.chance(3, 4),
             append_entries_max: *prng.choose(&[1, 2, 8, 64]).unwrap_or(&64),
             inflight_appends_max: *prng.choose(&[1, 4, 256]).unwrap_or(&256),
+        };
+        if prng.chance(1, 4) || churn {
+            scenario.with_churn()
+        } else {
+            scenario
+        }
+    }
+
+    /// Term churn: leaders crash and come back quickly, short partitions, small appends and
+    /// slow syncs, so that old-term entries sit half-replicated across several elections
+    /// (where paper Figure 8 and lost votes live).
+    fn with_churn(self) -> Scenario {
+        Scenario {
+            crash_per_mille: 150,
+            isolate_leaders: true,
+            down_ticks_max: 8,
+            partition_per_mille: 100,
+            partition_ticks_max: 15,
+            disk_delay_units_max: 2 * SIM_TICK_UNITS,
+            propose_per_mille: 700,
+            append_entries_max: self.append_entries_max.min(2),
+            ..self
         }
     }
 }
@@ -155,7 +186,7 @@ impl Cluster {
             config.group_count
         );
         let mut prng = Prng::new(config.seed);
-        let scenario = Scenario::draw(&mut prng);
+        let scenario = Scenario::draw(&mut prng, config.churn);
         let membership = Membership::new((1..=config.node_count as u64).map(NodeId).collect());
         let nodes = (0..config.node_count)
             .map(|index| SimNode {
@@ -619,9 +650,11 @@ impl Cluster {
                         .on_vote_granted(message.from, message.term, message.to)
                         .map_err(|detail| violation(gid, detail))?;
                     let durable = storage.durable().hard_state;
-                    if release_checks
-                        && (durable.term != message.term || durable.vote != Some(message.to))
-                    {
+                    // Durable: this very vote, or a later term (after which the node
+                    // never votes in this term again).
+                    let vote_durable = durable.term > message.term
+                        || (durable.term == message.term && durable.vote == Some(message.to));
+                    if release_checks && !vote_durable {
                         return Err(violation(
                             gid,
                             format!(
@@ -633,10 +666,10 @@ impl Cluster {
                     }
                 }
                 MessageBody::AppendResponse(AppendResponse::Accepted { last_index }) => {
+                    // A write held back with this ack is durable by now, and no later one
+                    // is: the durable log is what the ack speaks for.
                     let durable = storage.durable();
-                    let view_term = storage.view().term_at(last_index);
-                    if durable.last_index() < last_index || durable.term_at(last_index) != view_term
-                    {
+                    if release_checks && durable.last_index() < last_index {
                         return Err(violation(
                             gid,
                             format!(
@@ -755,8 +788,24 @@ impl Cluster {
     fn start_partition(&mut self) {
         let count = self.config.node_count;
         let ids: Vec<NodeId> = self.nodes.iter().map(|node| node.id).collect();
-        let chosen = ids[self.prng.below(count as u64) as usize];
-        match self.prng.below(4) {
+        let mut chosen = ids[self.prng.below(count as u64) as usize];
+        let group = self.prng.below(self.config.group_count as u64) as usize;
+        let mut kind = self.prng.below(5);
+        if self.scenario.isolate_leaders && self.prng.chance(1, 2) {
+            kind = 4;
+        }
+        if kind == 4 {
+            // A leader cut off both ways: it goes on accepting proposals it cannot commit,
+            // while the rest elect another leader.
+            chosen = self
+                .leader_of(group)
+                .map_or(chosen, |seen| self.nodes[seen.node].id);
+            kind = 1;
+            for &other in ids.iter().filter(|&&id| id != chosen) {
+                self.network.block(chosen, other);
+            }
+        }
+        match kind {
             // A random minority cut off from the rest, both ways.
             0 => {
                 let minority = self.prng.range_inclusive(1, (count as u64 - 1) / 2 + 1) as usize;
@@ -804,7 +853,10 @@ impl Cluster {
                 self.network.blocked_links()
             );
         }
-        self.partition_until_tick = Some(self.tick + self.prng.range_inclusive(5, 60));
+        let duration = self
+            .prng
+            .range_inclusive(3, self.scenario.partition_ticks_max);
+        self.partition_until_tick = Some(self.tick + duration);
     }
 
     /// Crash a node, leaders preferred (term churn is where Figure 8 lives).
@@ -829,7 +881,8 @@ impl Cluster {
         }
         self.trace(node, 0, || "crash".to_string());
         self.nodes[node].replicas.clear();
-        self.nodes[node].restart_at_tick = Some(self.tick + self.prng.range_inclusive(2, 40));
+        let down_ticks = self.prng.range_inclusive(2, self.scenario.down_ticks_max);
+        self.nodes[node].restart_at_tick = Some(self.tick + down_ticks);
         self.report.crashes += 1;
         Ok(())
     }

@@ -4,13 +4,21 @@
 //! step; a liveness phase on the healed cluster follows.
 //!
 //! `run_seed` replays one seed exactly; `run_seeds` sweeps many, on several threads.
-//! This room must not import `reactor/` or glommio, and must not read real time or any RNG
+//! From the command line:
+//! - replay one seed, with every event printed: `ringraft sim --seed N [--nodes 5] --trace`
+//! - a long run: `ringraft sim --seeds 1000000 --first-seed 0 --nodes 3 --jobs 2`, then the
+//!   same with `--nodes 5`, and with `--churn` (every seed in the term-churn profile).
+//!   A failing seed is printed with the command that replays it.
+//!
+//! `shards` runs whole nodes (the production `Shard` over the production WAL on simulated
+//! disks). This room must not import `reactor/` or glommio, and must not read real time or any RNG
 //! but the seeded `Prng`.
 
 mod checker;
 mod cluster;
 pub mod disk;
 mod network;
+pub mod shards;
 mod storage;
 
 #[cfg(test)]
@@ -38,6 +46,9 @@ pub struct SimConfig {
     pub safety_ticks: u64,
     /// Print every event to stdout (for replaying one failing seed).
     pub trace: bool,
+    /// Draw every seed's faults from the term-churn profile (frequent leader crashes, short
+    /// partitions, small appends, slow syncs) instead of the mix.
+    pub churn: bool,
     /// A rule the core deliberately breaks, to show the checkers catch it.
     #[cfg(test)]
     pub canary: Option<crate::raft::Canary>,
@@ -55,6 +66,7 @@ impl SimConfig {
             group_count,
             safety_ticks: SIM_SAFETY_TICKS_DEFAULT,
             trace: false,
+            churn: false,
             #[cfg(test)]
             canary: None,
             #[cfg(test)]

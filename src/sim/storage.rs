@@ -70,14 +70,6 @@ impl LogState {
         self.entries.get(position)
     }
 
-    /// The term at `index`; index 0 (the empty prefix) has term 0.
-    pub fn term_at(&self, index: LogIndex) -> Option<Term> {
-        if index == LogIndex::ZERO {
-            return Some(Term::ZERO);
-        }
-        self.entry(index).map(Entry::term)
-    }
-
     pub fn chain_at(&self, index: LogIndex) -> Option<u64> {
         let position = usize::try_from(index.get().checked_sub(1)?).ok()?;
         self.chain.get(position).copied()

@@ -94,9 +94,12 @@ fn canary_finds_violation(canary: Canary, release_checks: bool) {
         "seed {first_seed} (canary {canary:?}, release checks {release_checks}, up to \
          {CANARY_SEEDS_MAX} seeds)"
     );
-    let mut template = SimConfig::new(first_seed, 3, 2);
+    // Term churn (frequent leader crashes and isolations, small appends, slow syncs) is where
+    // Figure 8 and lost votes show; four groups give each seed four chances.
+    let mut template = SimConfig::new(first_seed, 3, 4);
     template.canary = Some(canary);
     template.release_checks = release_checks;
+    template.churn = true;
     // A canary may also stall a healed cluster; only a safety violation counts as caught.
     let mut liveness_failures = 0;
     let mut found = None;

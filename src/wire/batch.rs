@@ -134,6 +134,13 @@ impl Batch {
         self.item_count() == 0
     }
 
+    /// Heap bytes the lists hold, used or not.
+    pub fn capacity_bytes(&self) -> usize {
+        self.messages.capacity() * std::mem::size_of::<GroupMessage>()
+            + self.heartbeats.capacity() * std::mem::size_of::<HeartbeatEntry>()
+            + self.heartbeat_responses.capacity() * std::mem::size_of::<HeartbeatResponseEntry>()
+    }
+
     /// Estimated encoded size, the figure `BATCH_BYTES_MAX` limits.
     pub fn size_bytes(&self) -> u64 {
         let messages: u64 = self.messages.iter().map(|m| body_size_bytes(&m.body)).sum();
@@ -199,10 +206,12 @@ impl Batch {
         }
     }
 
-    /// Expands the batch back into per-group messages: the other messages first, then the
-    /// heartbeats, then the heartbeat responses. Raft tolerates any reordering between
-    /// messages (the network may reorder them anyway).
-    pub fn into_messages(self) -> impl Iterator<Item = (GroupId, Message)> {
+    /// Expands the batch back into per-group messages, leaving it empty with its lists'
+    /// capacity so that the receiver can reuse it for its own outgoing batches
+    /// (`BatchAssembler::recycle`). The other messages come first, then the heartbeats, then
+    /// the heartbeat responses: Raft tolerates any reordering between messages (the network
+    /// may reorder them anyway).
+    pub fn drain_messages(&mut self) -> impl Iterator<Item = (GroupId, Message)> + '_ {
         let Batch {
             from,
             to,
@@ -213,6 +222,7 @@ impl Batch {
             // before it routes a batch to its groups.
             forwards: _,
         } = self;
+        let (from, to) = (*from, *to);
         let envelope = move |group: GroupId, term: Term, body: MessageBody| {
             (
                 group,
@@ -225,16 +235,16 @@ impl Batch {
             )
         };
         let others = messages
-            .into_iter()
+            .drain(..)
             .map(move |m| envelope(m.group, m.term, m.body));
-        let beats = heartbeats.into_iter().map(move |h| {
+        let beats = heartbeats.drain(..).map(move |h| {
             let body = MessageBody::Heartbeat {
                 commit: h.commit,
                 read_round: h.read_round,
             };
             envelope(h.group, h.term, body)
         });
-        let responses = heartbeat_responses.into_iter().map(move |r| {
+        let responses = heartbeat_responses.drain(..).map(move |r| {
             let body = MessageBody::HeartbeatResponse {
                 read_round: r.read_round,
             };

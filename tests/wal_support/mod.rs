@@ -8,7 +8,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::panic::{self, AssertUnwindSafe};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -25,8 +25,18 @@ pub type TestCase = (&'static str, fn());
 
 /// Runs the tests whose name contains the first non-flag argument (as libtest filters),
 /// prints a libtest-style report and exits non-zero if any failed.
+/// `--list` prints the names as libtest does, and `--ignored` runs none (there are no
+/// ignored tests); other flags are accepted and ignored.
 pub fn run_tests(tests: &[TestCase]) {
-    let filter: Option<String> = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|arg| arg == "--list") {
+        for (name, _) in tests {
+            println!("{name}: test");
+        }
+        return;
+    }
+    let only_ignored = args.iter().any(|arg| arg == "--ignored");
+    let filter: Option<String> = args.iter().find(|arg| !arg.starts_with('-')).cloned();
     let started = Instant::now();
     let mut passed = 0usize;
     let mut failed = Vec::new();
@@ -34,7 +44,8 @@ pub fn run_tests(tests: &[TestCase]) {
     let selected: Vec<&TestCase> = tests
         .iter()
         .filter(|(name, _)| {
-            let keep = filter.as_deref().is_none_or(|filter| name.contains(filter));
+            let keep =
+                !only_ignored && filter.as_deref().is_none_or(|filter| name.contains(filter));
             if !keep {
                 filtered_out += 1;
             }
@@ -179,9 +190,4 @@ pub fn child_u64_arg(position: usize) -> u64 {
     value
         .parse()
         .unwrap_or_else(|error| panic!("child argument {position} {value:?}: {error}"))
-}
-
-/// True when `path` exists and is a directory.
-pub fn is_dir(path: &Path) -> bool {
-    path.is_dir()
 }
