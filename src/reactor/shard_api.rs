@@ -5,71 +5,15 @@
 //! It owns no decisions: the shard decides, the reactor executes. It must not name glommio,
 //! so the driver's contract with the shard can be read (and faked in a test) on its own.
 
-use crate::ids::{CoreId, GroupId, NodeId, Ticks};
+use crate::ids::GroupId;
 use crate::log::recovery::RestoredGroup;
-use crate::raft::types::{Entry, Fetch, Persist};
+use crate::raft::types::Entry;
 use crate::shard::Batch;
-use crate::wire::client::{ClientRequest, ClientResponse, GroupStatus};
+use crate::wire::client::{ClientRequest, GroupStatus};
 
-/// The group a key belongs to: crc32c of the key modulo the cluster's group count, the same
-/// on every node (DESIGN §5).
-pub fn group_of_key(key: &[u8], groups_total: u32) -> GroupId {
-    assert!(groups_total > 0, "group_of_key: groups_total is 0");
-    GroupId(crc32c::crc32c(key) % groups_total)
-}
-
-/// The core that hosts `group` on every node, so core i talks to core i of each peer.
-pub fn core_of_group(group: GroupId, cores: usize) -> CoreId {
-    assert!(cores > 0, "core_of_group: cores is 0");
-    CoreId((group.0 as usize % cores) as u16)
-}
-
-/// Where a client reply goes on this node: a connection of some core.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Origin {
-    pub core: CoreId,
-    pub connection: u64,
-}
-
-/// Identifies one WAL append the shard asked for; answered in ticket order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct WalTicket(pub u64);
-
-/// Everything one round asks the driver to do.
-#[derive(Debug, Default)]
-pub struct ShardOutput {
-    /// Peer batches: send now.
-    pub batches: Vec<Batch>,
-    /// Append and sync, then `on_wal_durable(ticket)`.
-    pub wal_append: Option<(WalTicket, Vec<(GroupId, Persist)>)>,
-    /// Replies to deliver to their connection (maybe on another core).
-    pub replies: Vec<(Origin, ClientResponse)>,
-    /// Entries to read back from the WAL, then `on_fetched`.
-    pub fetches: Vec<(GroupId, Fetch)>,
-}
-
-impl ShardOutput {
-    pub fn clear(&mut self) {
-        self.batches.clear();
-        self.wal_append = None;
-        self.replies.clear();
-        self.fetches.clear();
-    }
-}
-
-/// What a shard is built from.
-#[derive(Clone, Debug)]
-pub struct ShardConfig {
-    pub node: NodeId,
-    pub core: CoreId,
-    pub cores: usize,
-    pub groups_total: u32,
-    pub nodes: Vec<NodeId>,
-    pub election_timeout_ticks: Ticks,
-    pub heartbeat_interval_ticks: Ticks,
-    pub request_timeout_ticks: Ticks,
-    pub seed: u64,
-}
+pub use crate::shard::core::{
+    Origin, Shard, ShardConfig, ShardOutput, WalTicket, core_of_group, group_of_key,
+};
 
 /// The per-core Multi-Raft orchestrator as the reactor drives it.
 pub trait ShardCore {
@@ -91,6 +35,56 @@ pub trait ShardCore {
     fn status(&self) -> Vec<GroupStatus>;
 }
 
+impl ShardCore for Shard {
+    fn tick(&mut self) {
+        Shard::tick(self);
+    }
+
+    fn on_peer_batch(&mut self, batch: Batch) -> Result<(), String> {
+        Shard::on_peer_batch(self, batch).map_err(|error| error.to_string())
+    }
+
+    fn on_client_request(&mut self, origin: Origin, request: ClientRequest, raw: bytes::Bytes) {
+        Shard::on_client_request(self, origin, request, raw);
+    }
+
+    fn on_wal_durable(&mut self, ticket: WalTicket) {
+        Shard::on_wal_durable(self, ticket);
+    }
+
+    fn on_fetched(&mut self, group: GroupId, entries: Vec<Entry>) {
+        Shard::on_fetched(self, group, entries);
+    }
+
+    fn begin_shutdown(&mut self) {
+        Shard::begin_shutdown(self);
+    }
+
+    fn is_drained(&self) -> bool {
+        Shard::is_drained(self)
+    }
+
+    fn has_work(&self) -> bool {
+        Shard::has_work(self)
+    }
+
+    fn round(&mut self, out: &mut ShardOutput) {
+        Shard::round(self, out);
+    }
+
+    fn status(&self) -> Vec<GroupStatus> {
+        Shard::status(self)
+    }
+}
+
+/// The production shard, as a `ShardFactory`.
+pub fn new_shard(
+    config: ShardConfig,
+    restored: &dyn Fn(GroupId) -> Option<RestoredGroup>,
+) -> Shard {
+    Shard::new(config, restored)
+}
+
 /// Builds a core's shard from its configuration and what the WAL restored.
 pub type ShardFactory<S> =
     fn(config: ShardConfig, restored: &dyn Fn(GroupId) -> Option<RestoredGroup>) -> S;
@@ -98,6 +92,8 @@ pub type ShardFactory<S> =
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::ids::CoreId;
 
     #[test]
     fn placement_is_stable_and_in_range() {
