@@ -1,9 +1,10 @@
-//! The face of the per-core `Shard` as the reactor drives it: the `ShardCore` trait and the
-//! plain types that cross it (origin of a client request, WAL ticket, round output, shard
-//! configuration), plus key -> group -> core placement.
+//! The face of the per-core `Shard` (shard/core.rs) as the reactor drives it: the
+//! `ShardCore` trait, its implementation for `Shard`, the factory the server builds shards
+//! with, and the re-exported types that cross it (origin of a client request, WAL ticket,
+//! round output, configuration, key -> group -> core placement).
 //!
 //! It owns no decisions: the shard decides, the reactor executes. It must not name glommio,
-//! so the driver's contract with the shard can be read (and faked in a test) on its own.
+//! so the driver's contract with the shard can be read (and replaced in a test) on its own.
 
 use crate::ids::GroupId;
 use crate::log::recovery::RestoredGroup;
