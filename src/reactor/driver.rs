@@ -17,7 +17,7 @@ use flatbuffers::FlatBufferBuilder;
 use glommio::channels::local_channel::LocalReceiver;
 
 use crate::constants::{SHUTDOWN_DRAIN_MS, TICKS_PER_WAKE_MAX};
-use crate::ids::{GroupId, NodeId, Term};
+use crate::ids::{GroupId, NodeId};
 use crate::log::Log;
 use crate::raft::types::{Fetch, Persist};
 use crate::reactor::context::{CoreContext, Input, MeshMessage};
@@ -179,7 +179,6 @@ pub async fn run_driver<S: ShardCore>(
 ) {
     let mut out = ShardOutput::default();
     let mut builder = FlatBufferBuilder::new();
-    let mut leaders: HashMap<GroupId, (Option<NodeId>, Term)> = HashMap::new();
     let mut stop_deadline: Option<Instant> = None;
     while ring.recv().await.is_some() {
         let mut ticked = false;
@@ -223,7 +222,7 @@ pub async fn run_driver<S: ShardCore>(
             glommio::yield_if_needed().await;
         }
         if ticked {
-            publish_status(&context, &shard, &mut leaders);
+            publish_status(&context, &shard);
         }
         if let Some(deadline) = stop_deadline {
             let drained = shard.is_drained();
@@ -287,26 +286,7 @@ pub fn response_frame(
     frame
 }
 
-/// Publishes the groups' status for `Status` requests and logs leader and term changes.
-fn publish_status<S: ShardCore>(
-    context: &CoreContext,
-    shard: &S,
-    leaders: &mut HashMap<GroupId, (Option<NodeId>, Term)>,
-) {
-    let status = shard.status();
-    for group in &status {
-        let now = (group.leader, group.term);
-        let before = leaders.insert(group.group, now);
-        if before != Some(now) {
-            match group.leader {
-                Some(leader) => tracing::info!(node = %context.node, core = %context.core,
-                    group = %group.group, term = %group.term, leader = %leader, role = ?group.role,
-                    "leader known"),
-                None => tracing::info!(node = %context.node, core = %context.core,
-                    group = %group.group, term = %group.term, role = ?group.role,
-                    "no leader: election under way"),
-            }
-        }
-    }
-    context.board.publish(context.core, status);
+/// Publishes the groups' status for `Status` requests (the shard logs leader changes).
+fn publish_status<S: ShardCore>(context: &CoreContext, shard: &S) {
+    context.board.publish(context.core, shard.status());
 }
