@@ -414,3 +414,75 @@ fn a_second_process_cannot_take_a_peer_port() {
         "stderr: {stderr}"
     );
 }
+
+/// A base port P below the ephemeral range with P and P + 100 free right now.
+fn free_base_port() -> u16 {
+    let start = 20_000 + (std::process::id() % 5_000) as u16;
+    (start..start + 2_000)
+        .find(|&port| {
+            TcpListener::bind(("127.0.0.1", port)).is_ok()
+                && TcpListener::bind(("127.0.0.1", port + 100)).is_ok()
+        })
+        .expect("a free pair of ports")
+}
+
+#[test]
+fn the_cluster_launcher_serves_and_stops_every_node_on_ctrl_c() {
+    // `ringraft cluster` starts a node that serves writes; SIGINT stops it and the launcher
+    // exits 0 after its nodes did.
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let base_port = free_base_port();
+    let mut launcher = Command::new(env!("CARGO_BIN_EXE_ringraft"))
+        .args(["cluster", "--nodes", "1", "--cores", "1"])
+        .args(["--base-port", &base_port.to_string()])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start ringraft cluster");
+    let endpoint = format!("127.0.0.1:{}", base_port + 100);
+    let deadline = Instant::now() + DEADLINE;
+    let mut last = String::new();
+    let written = loop {
+        let attempt = Client::connect(&endpoint, Duration::from_secs(2))
+            .and_then(|mut client| client.put(Bytes::from_static(b"k"), Bytes::from_static(b"v")));
+        match attempt {
+            Ok(()) => break true,
+            Err(error) => last = error.to_string(),
+        }
+        if Instant::now() >= deadline {
+            break false;
+        }
+        std::thread::sleep(POLL);
+    };
+    let pid = i32::try_from(launcher.id()).expect("pid fits");
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    assert_eq!(
+        unsafe { libc::kill(pid, libc::SIGINT) },
+        0,
+        "signal the launcher"
+    );
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = launcher.try_wait().expect("wait for the launcher") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = launcher.kill();
+            panic!("the launcher did not exit after SIGINT");
+        }
+        std::thread::sleep(POLL);
+    };
+    let log = std::fs::read_to_string(dir.path().join("node-1.log")).unwrap_or_default();
+    assert!(written, "no write through the launched node: {last}\n{log}");
+    assert!(status.success(), "launcher exited with {status}\n{log}");
+    assert!(
+        log.contains("server stopped"),
+        "the node did not stop cleanly:\n{log}"
+    );
+}
