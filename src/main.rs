@@ -99,6 +99,9 @@ struct ServerArgs {
     /// Where clients connect (native protocol, docs/protocol.md).
     #[arg(long, default_value = "127.0.0.1:7101")]
     client: String,
+    /// Where Redis clients connect (RESP2: PING, GET, SET, DEL, QUIT); off unless given.
+    #[arg(long)]
+    resp: Option<String>,
     /// Directory of this node's write-ahead logs (one `core-<n>/` per core). Created if missing.
     #[arg(long)]
     data_dir: std::path::PathBuf,
@@ -338,7 +341,12 @@ fn server(args: ServerArgs) -> anyhow::Result<()> {
         node: ringraft::ids::NodeId(args.node_id),
         peers: PeerMap::parse(&args.peers).context("--peers")?,
         client: resolve(&args.client).context("--client")?,
-        resp: None,
+        resp: args
+            .resp
+            .as_deref()
+            .map(resolve)
+            .transpose()
+            .context("--resp")?,
         data_dir: args.data_dir,
         cores,
         groups,

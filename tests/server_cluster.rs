@@ -28,6 +28,7 @@ fn free_port() -> u16 {
 struct Node {
     id: u64,
     client_port: u16,
+    resp_port: u16,
     peer_port: u16,
     dir: PathBuf,
     child: Option<Child>,
@@ -46,6 +47,7 @@ impl Cluster {
             .map(|id| Node {
                 id,
                 client_port: free_port(),
+                resp_port: free_port(),
                 peer_port: free_port(),
                 dir: root.path().join(format!("node-{id}")),
                 child: None,
@@ -85,6 +87,7 @@ impl Cluster {
                 &self.peers,
             ])
             .args(["--client", &format!("127.0.0.1:{}", node.client_port)])
+            .args(["--resp", &format!("127.0.0.1:{}", node.resp_port)])
             .arg("--data-dir")
             .arg(node.dir.join("data"))
             .args(["--cores", "1", "--groups", &GROUPS.to_string()])
@@ -484,5 +487,51 @@ fn the_cluster_launcher_serves_and_stops_every_node_on_ctrl_c() {
     assert!(
         log.contains("server stopped"),
         "the node did not stop cleanly:\n{log}"
+    );
+}
+
+/// Sends `request` on a fresh RESP connection and reads until the server closes it.
+fn resp_exchange(port: u16, request: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to RESP");
+    stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    stream.write_all(request).expect("send");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("read until closed");
+    answer
+}
+
+#[test]
+fn redis_clients_are_served_in_command_order() {
+    // Pipelined RESP commands (inline and array form) are answered in order, each seeing the
+    // writes before it; an unknown command is an error reply and a malformed one closes.
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let cluster = Cluster::new(1);
+    put(&cluster, &cluster.endpoint(0), "ready", "1");
+    let port = cluster.nodes[0].resp_port;
+    let answer = resp_exchange(
+        port,
+        b"PING\r\nSET a 1\r\nGET a\r\nDEL a\r\nGET a\r\nFOO\r\n\
+          *3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\nvv\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\nQUIT\r\n",
+    );
+    let expected: &[u8] = b"+PONG\r\n+OK\r\n$1\r\n1\r\n:1\r\n$-1\r\n\
+        -ERR unknown command 'FOO' (ringraft supports PING, GET, SET, DEL, QUIT)\r\n\
+        +OK\r\n$2\r\nvv\r\n+OK\r\n";
+    assert_eq!(
+        String::from_utf8_lossy(&answer),
+        String::from_utf8_lossy(expected),
+        "{}",
+        cluster.logs()
+    );
+    let refused = resp_exchange(port, b"*x\r\n");
+    assert!(
+        refused.starts_with(b"-Protocol error"),
+        "malformed command answered {:?}",
+        String::from_utf8_lossy(&refused)
+    );
+    assert_eq!(
+        get(&cluster, &cluster.endpoint(0), "k").as_deref(),
+        Some(&b"vv"[..])
     );
 }

@@ -100,7 +100,7 @@ async fn serve_connection(context: Rc<CoreContext>, stream: TcpStream, peer: Opt
 }
 
 /// Sends a request to the shard that owns it (here or on another core), or answers it here.
-fn route(
+pub(crate) fn route(
     context: &CoreContext,
     builder: &mut FlatBufferBuilder<'static>,
     origin: Origin,

@@ -12,6 +12,7 @@ pub mod driver;
 pub mod executor;
 pub mod peer;
 pub mod rawdisk;
+pub mod resp;
 pub mod server;
 pub mod shard_api;
 pub mod signals;

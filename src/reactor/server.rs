@@ -33,6 +33,7 @@ use crate::reactor::executor::{CorePlacement, ExecutorConfig, ExecutorError, spa
 use crate::reactor::peer::{
     HELLO_BYTES, Hello, LinkTarget, PeerError, check_hello, read_batches, read_frame, spawn_link,
 };
+use crate::reactor::resp::run_resp_listener;
 use crate::reactor::shard_api::{ShardConfig, ShardCore, ShardFactory};
 use crate::server::ServerConfig;
 
@@ -227,6 +228,17 @@ async fn run_core<S: ShardCore + 'static>(setup: CoreSetup<S>) -> Result<(), Ser
         run_client_listener(context.clone(), client_listener),
         client_queue,
     );
+    if let Some(address) = config.resp {
+        let listener = TcpListener::bind(address).map_err(|error| ServerError::ClientPort {
+            address,
+            detail: error.to_string(),
+        })?;
+        spawn(
+            &context,
+            run_resp_listener(context.clone(), listener),
+            client_queue,
+        );
+    }
     if let Some(fd) = setup.peer_fd {
         // SAFETY: the fd is a listening TCP socket bound by std in `run_server`, handed to this
         // core alone.
