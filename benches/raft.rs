@@ -16,9 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ringraft::ids::{GroupId, NodeId};
-use ringraft::prng::Prng;
-use ringraft::raft::{Membership, RaftConfig, RaftNode, RestoredState};
-use ringraft::shard::MultiRaft;
+use ringraft::raft::RaftNode;
 use ringraft::shard::local::LocalCluster;
 
 /// Counts live heap bytes, so the benchmark can tell what 10,000 idle groups hold.
@@ -84,38 +82,8 @@ fn cpu_time() -> Duration {
 
 /// Three nodes, `group_count` groups each, every group led by node `g % 3 + 1`.
 fn elected_cluster(group_count: u32, seed: u64) -> LocalCluster<RaftNode> {
-    let mut prng = Prng::new(seed);
-    let voters: Vec<NodeId> = (1..=NODE_COUNT).map(NodeId).collect();
-    let mut nodes = Vec::new();
-    for n in 1..=NODE_COUNT {
-        let node = NodeId(n);
-        let mut multi = MultiRaft::with_capacity(node, group_count as usize, group_count);
-        for g in 0..group_count {
-            let group = GroupId(g);
-            let restored = RestoredState::bootstrap(Membership::new(voters.clone()));
-            let raft = RaftNode::new(RaftConfig::new(node, group), restored, prng.fork());
-            multi.add_group(group, raft).expect("fresh group");
-        }
-        nodes.push(multi);
-    }
-    let mut cluster = LocalCluster::new(nodes, group_count);
-    cluster.step_until_quiet(16);
-    for g in 0..group_count {
-        let leader = NodeId(u64::from(g) % NODE_COUNT + 1);
-        cluster
-            .node_mut(leader)
-            .campaign(GroupId(g))
-            .expect("hosted group");
-    }
-    cluster.step_until_quiet(64);
-    for g in 0..group_count {
-        let expected = NodeId(u64::from(g) % NODE_COUNT + 1);
-        assert_eq!(
-            cluster.leader(GroupId(g)),
-            Some(expected),
-            "group {g} has no leader after its campaign"
-        );
-    }
+    let mut cluster = LocalCluster::bootstrap(NODE_COUNT, group_count, seed);
+    cluster.elect_spread(group_count);
     cluster
 }
 

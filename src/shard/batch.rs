@@ -90,11 +90,6 @@ impl BatchAssembler {
         *size_bytes += item_bytes;
     }
 
-    /// Frees the kept batches, for a core with nothing to do.
-    pub fn release_spare(&mut self) {
-        self.spare = Vec::new();
-    }
-
     fn open_batch(&mut self, to: NodeId) -> usize {
         let mut batch = match self.spare.pop() {
             Some(mut spare) => {
@@ -276,7 +271,7 @@ mod tests {
     #[test]
     fn recycled_batches_lend_their_capacity_within_bounds() {
         // A small received batch's lists serve the next outgoing batch; one whose lists pass
-        // the spare limit is freed instead, and an idle core frees the kept ones.
+        // the spare limit is freed instead, and no more than the limit's count are kept.
         let mut assembler = BatchAssembler::new(NodeId(1));
         let mut small = Batch::new(NodeId(2), NodeId(1));
         small.heartbeats.reserve_exact(100);
@@ -296,8 +291,6 @@ mod tests {
             assembler.recycle(Batch::new(NodeId(2), NodeId(1)));
         }
         assert_eq!(assembler.spare.len(), SPARE_BATCHES_MAX);
-        assembler.release_spare();
-        assert!(assembler.spare.is_empty());
     }
 
     /// A random message of one of the kinds a round produces.

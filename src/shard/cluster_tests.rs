@@ -6,31 +6,14 @@
 use bytes::Bytes;
 
 use crate::ids::{GroupId, NodeId, Ticks};
-use crate::prng::Prng;
-use crate::raft::{Membership, RaftConfig, RaftNode, RestoredState, RoleKind};
+use crate::raft::{RaftNode, RoleKind};
 use crate::shard::local::LocalCluster;
-use crate::shard::multi::MultiRaft;
 use crate::shard::test_seed;
 
 const NODE_COUNT: u64 = 3;
 
 fn cluster(group_count: u32, seed: u64) -> LocalCluster<RaftNode> {
-    let mut prng = Prng::new(seed);
-    let voters: Vec<NodeId> = (1..=NODE_COUNT).map(NodeId).collect();
-    let nodes = (1..=NODE_COUNT)
-        .map(|n| {
-            let node = NodeId(n);
-            let mut multi = MultiRaft::with_capacity(node, group_count as usize, group_count);
-            for g in 0..group_count {
-                let restored = RestoredState::bootstrap(Membership::new(voters.clone()));
-                let config = RaftConfig::new(node, GroupId(g));
-                let raft = RaftNode::new(config, restored, prng.fork());
-                multi.add_group(GroupId(g), raft).expect("fresh group");
-            }
-            multi
-        })
-        .collect();
-    LocalCluster::new(nodes, group_count)
+    LocalCluster::bootstrap(NODE_COUNT, group_count, seed)
 }
 
 /// Ticks (each followed by a quiet cluster) until every group has a leader that its own
@@ -117,18 +100,7 @@ fn an_idle_cluster_sends_one_batch_per_peer_per_tick_and_nothing_between() {
     let seed = test_seed();
     let group_count = 300;
     let mut cluster = cluster(group_count, seed);
-    for g in 0..group_count {
-        let leader = NodeId(u64::from(g) % NODE_COUNT + 1);
-        cluster
-            .node_mut(leader)
-            .campaign(GroupId(g))
-            .expect("hosted");
-    }
-    cluster.step_until_quiet(64);
-    for g in 0..group_count {
-        let expected = NodeId(u64::from(g) % NODE_COUNT + 1);
-        assert_eq!(cluster.leader(GroupId(g)), Some(expected), "group {g}");
-    }
+    cluster.elect_spread(group_count);
     let pairs = (NODE_COUNT * (NODE_COUNT - 1)) as usize;
     for _ in 0..20 {
         cluster.tick();

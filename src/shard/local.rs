@@ -7,7 +7,8 @@
 //! testing: it never loses, delays or reorders a batch.
 
 use crate::ids::{GroupId, LogIndex, NodeId};
-use crate::raft::RoleKind;
+use crate::prng::Prng;
+use crate::raft::{Membership, RaftConfig, RaftNode, RestoredState, RoleKind};
 use crate::shard::batch::Batch;
 use crate::shard::group::RaftGroup;
 use crate::shard::multi::{MultiRaft, RoundOutput};
@@ -175,5 +176,49 @@ impl<G: RaftGroup> LocalCluster<G> {
         let position = node.get() as usize;
         assert!(position >= 1, "local cluster: node ids start at 1");
         position - 1
+    }
+}
+
+impl LocalCluster<RaftNode> {
+    /// Nodes `1..=node_count`, each hosting groups `0..group_count`: fresh `RaftNode`s with
+    /// the default configuration, every node a voter, randomness forked from `seed`.
+    pub fn bootstrap(node_count: u64, group_count: u32, seed: u64) -> LocalCluster<RaftNode> {
+        let mut prng = Prng::new(seed);
+        let voters: Vec<NodeId> = (1..=node_count).map(NodeId).collect();
+        let mut nodes = Vec::new();
+        for &node in &voters {
+            let mut multi = MultiRaft::with_capacity(node, group_count as usize, group_count);
+            for g in 0..group_count {
+                let group = GroupId(g);
+                let restored = RestoredState::bootstrap(Membership::new(voters.clone()));
+                let raft = RaftNode::new(RaftConfig::new(node, group), restored, prng.fork());
+                multi
+                    .add_group(group, raft)
+                    .expect("group ids below group_count are fresh");
+            }
+            nodes.push(multi);
+        }
+        LocalCluster::new(nodes, group_count)
+    }
+
+    /// Elects node `g % n + 1` leader of group `g` by a campaign, so leaders sit on every
+    /// node; panics, naming the group, if one is not elected once the cluster is quiet.
+    pub fn elect_spread(&mut self, group_count: u32) {
+        let node_count = self.nodes.len() as u64;
+        let leader_of = |g: u32| NodeId(u64::from(g) % node_count + 1);
+        self.step_until_quiet(16);
+        for g in 0..group_count {
+            self.node_mut(leader_of(g))
+                .campaign(GroupId(g))
+                .expect("groups below group_count are hosted");
+        }
+        self.step_until_quiet(64);
+        for g in 0..group_count {
+            assert_eq!(
+                self.leader(GroupId(g)),
+                Some(leader_of(g)),
+                "group {g} has no leader after its campaign"
+            );
+        }
     }
 }

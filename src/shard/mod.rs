@@ -2,7 +2,8 @@
 //! all, one batch per destination node per round with coalesced heartbeats, and one
 //! persistence list per round for a single WAL write.
 //!
-//! Pure like the Raft core: this room must not import glommio, read real time, or do I/O.
+//! Pure like the Raft core: this room must not import the async runtime, read real time,
+//! or do I/O.
 
 pub mod batch;
 pub mod core;

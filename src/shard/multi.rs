@@ -164,6 +164,11 @@ impl<G: RaftGroup> MultiRaft<G> {
     /// A core that will host about `group_count` groups with ids below `group_id_limit`,
     /// with its tables allocated once, exactly.
     pub fn with_capacity(node: NodeId, group_count: usize, group_id_limit: u32) -> MultiRaft<G> {
+        assert!(
+            group_count <= GROUPS_PER_CORE_MAX && group_id_limit <= GROUP_ID_LIMIT,
+            "node {node}: capacity for {group_count} groups below id {group_id_limit} is \
+             beyond the limits {GROUPS_PER_CORE_MAX} and {GROUP_ID_LIMIT}"
+        );
         let mut multi = MultiRaft::new(node);
         multi.slots.reserve_exact(group_count);
         multi.dirty.reserve_exact(group_count);
@@ -357,9 +362,7 @@ impl<G: RaftGroup> MultiRaft<G> {
             // A round with nothing to show: an idle core keeps no capacity a burst of held
             // messages left behind. Spare batches stay (bounded by count and bytes): the
             // next tick's heartbeats reuse them.
-            if self.held.capacity() > 0 {
-                self.held = Vec::new();
-            }
+            self.held = Vec::new();
         }
     }
 

@@ -10,11 +10,14 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use bytes::Bytes;
 
-use crate::ids::{CoreId, NodeId, Ticks};
+use crate::ids::{CoreId, GroupId, NodeId, Ticks};
 use crate::kv::Command;
 use crate::log::{Log, WalConfig};
 use crate::prng::Prng;
-use crate::shard::core::{Origin, Shard, ShardConfig, ShardOutput, core_of_group, group_of_key};
+use crate::raft::Persist;
+use crate::shard::core::{
+    Origin, Shard, ShardConfig, ShardOutput, WalTicket, core_of_group, group_of_key,
+};
 use crate::sim::disk::{SimDisk, block_on};
 use crate::wire::batch::Batch;
 use crate::wire::client::{
@@ -35,6 +38,8 @@ pub struct ShardSimConfig {
     pub loss_per_mille: u64,
     /// Most rounds a batch may be delayed.
     pub delay_rounds_max: u64,
+    /// Most rounds a WAL append may take to become durable; a crash before then loses it.
+    pub sync_rounds_max: u64,
     pub request_timeout_ticks: u32,
 }
 
@@ -47,14 +52,21 @@ impl ShardSimConfig {
             groups_total: 8,
             loss_per_mille: 0,
             delay_rounds_max: 0,
+            sync_rounds_max: 0,
             request_timeout_ticks: 200,
         }
     }
 }
 
+/// A WAL append waiting to become durable: the round it does, its ticket, its persists.
+type PendingAppend = (u64, WalTicket, Vec<(GroupId, Persist)>);
+
 struct SimCore {
     shard: Shard,
     log: Log<SimDisk>,
+    /// Appends handed out and not yet written, in ticket order, each with the round at which
+    /// it becomes durable. A crash loses them, as it loses a write whose sync never returned.
+    appends: VecDeque<PendingAppend>,
 }
 
 struct SimNode {
@@ -138,7 +150,11 @@ impl ShardSim {
             });
             let config = self.shard_config(node, CoreId(core as u16));
             let shard = Shard::new(config, &|group| log.restored(group));
-            cores.push(SimCore { shard, log });
+            cores.push(SimCore {
+                shard,
+                log,
+                appends: VecDeque::new(),
+            });
         }
         self.nodes[index].cores = Some(cores);
     }
@@ -310,6 +326,23 @@ impl ShardSim {
                     sent.push((CoreId(core_index as u16), batch));
                 }
                 if let Some((ticket, persists)) = output.wal_append.take() {
+                    // In order: a later append is never durable before an earlier one.
+                    let after = core.appends.back().map_or(0, |(at, _, _)| *at);
+                    let delay = self.prng.range_inclusive(0, self.config.sync_rounds_max);
+                    core.appends.push_back((
+                        (self.round_number + delay).max(after),
+                        ticket,
+                        persists,
+                    ));
+                }
+                while core
+                    .appends
+                    .front()
+                    .is_some_and(|(at, _, _)| *at <= self.round_number)
+                {
+                    let Some((_, ticket, persists)) = core.appends.pop_front() else {
+                        break;
+                    };
                     let batch: Vec<_> = persists
                         .iter()
                         .map(|(group, persist)| (*group, persist))

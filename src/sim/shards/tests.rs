@@ -193,14 +193,15 @@ fn a_single_node_restarted_keeps_every_acknowledged_write() {
 
 #[test]
 fn acknowledged_writes_survive_crashes_and_lossy_networks() {
-    // Seeded: writes to random nodes while nodes crash (never more than a minority at once)
-    // and restart, with batches lost and delayed; afterwards every acknowledged write is
-    // readable from every node.
+    // Seeded: writes to random nodes while nodes crash (never more than a minority at once,
+    // losing WAL appends not yet durable) and restart, with batches lost and delayed;
+    // afterwards every acknowledged write is readable from every node.
     let seed = seed();
     for run in 0..16u64 {
         let mut config = ShardSimConfig::new(seed.wrapping_add(run), 3);
         config.loss_per_mille = 20;
         config.delay_rounds_max = 3;
+        config.sync_rounds_max = 3;
         config.request_timeout_ticks = 80;
         let mut sim = ShardSim::new(config);
         let mut prng = Prng::new(seed.wrapping_add(run) ^ 0xc4a5);
