@@ -112,3 +112,34 @@ pub const SIM_READY_ROUNDS_MAX: usize = 1000;
 
 const _: () = assert!(SIM_TICK_UNITS >= 2);
 const _: () = assert!(SIM_LIVENESS_TICKS_MAX > 4 * ELECTION_TIMEOUT_TICKS_DEFAULT as u64);
+
+/// Largest payload of one node-to-node frame: a `Batch` estimated at `BATCH_BYTES_MAX` plus
+/// the flatbuffer's own overhead, with room to spare.
+pub const PEER_FRAME_BYTES_MAX: usize = 2 * BATCH_BYTES_MAX as usize;
+/// Encoded batches queued for one peer node on one core; past it new batches are dropped
+/// (Raft retransmits) rather than memory growing while a peer is slow or down.
+pub const PEER_QUEUE_FRAMES_MAX: usize = 1024;
+/// How long one connection attempt to a peer may take.
+pub const PEER_CONNECT_TIMEOUT_MS: u64 = 1000;
+/// First and largest pause between connection attempts to a peer (doubling in between).
+pub const PEER_RECONNECT_BACKOFF_MIN_MS: u64 = 20;
+pub const PEER_RECONNECT_BACKOFF_MAX_MS: u64 = 1000;
+/// Peer batches and forwarded client requests queued for one core's shard before readers
+/// wait (backpressure onto the sockets).
+pub const CORE_INPUTS_QUEUED_MAX: usize = 4096;
+/// Messages in flight on one direction of the channel between two cores of a node.
+pub const MESH_CHANNEL_CAPACITY: usize = 1024;
+/// Ticks fed to a shard at one wake-up at most: a reactor stalled for longer does not make
+/// every election timer fire at once on resuming.
+pub const TICKS_PER_WAKE_MAX: u32 = 5;
+/// How long a stopping server waits for its leaderships to move and its WAL writes to end.
+pub const SHUTDOWN_DRAIN_MS: u64 = 3000;
+/// How long a starting server retries binding a peer port that is in use (a killed
+/// predecessor's sockets linger briefly while its io_uring is torn down).
+pub const PEER_BIND_RETRY_MS: u64 = 3000;
+/// Server-side deadline of a client request.
+pub const REQUEST_TIMEOUT_MS: u64 = 5000;
+
+const _: () = assert!(PEER_FRAME_BYTES_MAX <= u32::MAX as usize);
+const _: () = assert!(PEER_RECONNECT_BACKOFF_MIN_MS <= PEER_RECONNECT_BACKOFF_MAX_MS);
+const _: () = assert!(PEER_QUEUE_FRAMES_MAX > 0 && CORE_INPUTS_QUEUED_MAX > 0);

@@ -78,6 +78,79 @@ enum Command {
     Version,
     /// Run the deterministic cluster simulator: one seed (`--seed`) or a sweep (`--seeds`).
     Sim(SimArgs),
+    /// Run one node of a cluster. Start every node with the same --peers, --cores and
+    /// --groups; a fresh cluster bootstraps with that membership, a restarted node reads its
+    /// --data-dir and rejoins. SIGTERM or Ctrl-C stops it gracefully (exit status 0).
+    Server(ServerArgs),
+    /// Start a local cluster of `ringraft server` processes on this machine, print how to reach
+    /// it, and stop every node cleanly on Ctrl-C.
+    Cluster(ClusterArgs),
+}
+
+#[derive(Args, Debug)]
+struct ServerArgs {
+    /// This node's id: a positive integer listed in --peers.
+    #[arg(long)]
+    node_id: u64,
+    /// Every node of the cluster and its peer (node-to-node) address, this node included:
+    /// `1=host:port,2=host:port,...`.
+    #[arg(long)]
+    peers: String,
+    /// Where clients connect (native protocol, docs/protocol.md).
+    #[arg(long, default_value = "127.0.0.1:7101")]
+    client: String,
+    /// Where Redis clients connect (RESP2: PING, GET, SET, DEL, QUIT); off unless given.
+    #[arg(long)]
+    resp: Option<String>,
+    /// Directory of this node's write-ahead logs (one `core-<n>/` per core). Created if missing.
+    #[arg(long)]
+    data_dir: std::path::PathBuf,
+    /// Cores (executors, each with its own WAL and share of the groups). Default: every CPU.
+    /// Must be the same on every node.
+    #[arg(long)]
+    cores: Option<usize>,
+    /// Raft groups of the cluster, spread over the cores. Default: 4 per core. Must be the
+    /// same on every node.
+    #[arg(long)]
+    groups: Option<u32>,
+    /// Length of one Raft tick, in milliseconds.
+    #[arg(long, default_value_t = 10)]
+    tick_ms: u64,
+    /// Election timeout in ticks; each election waits a random time in [this, 2 x this).
+    #[arg(long, default_value_t = 30)]
+    election_ticks: u32,
+    /// Leader heartbeat interval in ticks; must be below --election-ticks.
+    #[arg(long, default_value_t = 3)]
+    heartbeat_ticks: u32,
+    /// Bytes of each WAL segment file, in MiB (allocated and zero-filled ahead of need).
+    #[arg(long, default_value_t = 64)]
+    wal_segment_mib: u64,
+    /// Pin core n's executor to CPU n (production machines with dedicated cores only).
+    #[arg(long)]
+    pin: bool,
+    /// Spin briefly before parking an idle executor (dedicated cores only; never on shared
+    /// machines).
+    #[arg(long)]
+    spin: bool,
+    /// Seed of the Raft randomness (election timeouts); mixed with node and core ids.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+#[derive(Args, Debug)]
+struct ClusterArgs {
+    /// Nodes to start.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=7))]
+    nodes: u64,
+    /// Parent directory of the nodes' data directories (`node-<id>/`) and logs.
+    #[arg(long, default_value = "./ringraft-data")]
+    dir: std::path::PathBuf,
+    /// Peer port of node 1; node i uses P + i - 1 for peers and P + 100 + i - 1 for clients.
+    #[arg(long, default_value_t = 7001)]
+    base_port: u16,
+    /// Cores per node (default: every CPU).
+    #[arg(long)]
+    cores: Option<usize>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -239,7 +312,61 @@ fn run(command: Command) -> anyhow::Result<()> {
             println!("ringraft {} ({profile})", env!("CARGO_PKG_VERSION"));
         }
         Command::Sim(args) => sim(&args)?,
+        Command::Server(args) => server(args)?,
+        Command::Cluster(args) => cluster::run(&args)?,
     }
+    Ok(())
+}
+
+fn server(args: ServerArgs) -> anyhow::Result<()> {
+    use ringraft::server::{PeerMap, ServerConfig, TimingConfig, config::resolve};
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cores = match args.cores {
+        Some(cores) => cores,
+        None => std::thread::available_parallelism().map_or(1, usize::from),
+    };
+    let groups = match args.groups {
+        Some(groups) => groups,
+        None => u32::try_from(cores * 4).context("--cores too large")?,
+    };
+    let config = ServerConfig {
+        node: ringraft::ids::NodeId(args.node_id),
+        peers: PeerMap::parse(&args.peers).context("--peers")?,
+        client: resolve(&args.client).context("--client")?,
+        resp: args
+            .resp
+            .as_deref()
+            .map(resolve)
+            .transpose()
+            .context("--resp")?,
+        data_dir: args.data_dir,
+        cores,
+        groups,
+        timing: TimingConfig::new(args.tick_ms, args.election_ticks, args.heartbeat_ticks)?,
+        pin: args.pin,
+        spin: args.spin,
+    }
+    .validate()?;
+    let options = ringraft::reactor::server::ServerOptions {
+        wal_segment_bytes: args
+            .wal_segment_mib
+            .checked_mul(1024 * 1024)
+            .context("--wal-segment-mib too large")?,
+        seed: args.seed,
+    };
+    ringraft::reactor::server::run_server(
+        config,
+        options,
+        ringraft::reactor::shard_api::new_shard,
+    )?;
     Ok(())
 }
 
@@ -356,4 +483,143 @@ fn print_status(client: &mut Client) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `ringraft cluster`: local server processes, their endpoints, and a clean stop on Ctrl-C.
+mod cluster {
+    use std::path::Path;
+    use std::process::{Child, Command, Stdio};
+    use std::time::Duration;
+
+    use anyhow::Context;
+
+    use super::ClusterArgs;
+
+    /// How often the launcher looks at its children while waiting (a CLI, not a test).
+    const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+    pub fn run(args: &ClusterArgs) -> anyhow::Result<()> {
+        ringraft::reactor::signals::install().context("installing the Ctrl-C handler")?;
+        let node_count = u16::try_from(args.nodes).context("--nodes")?;
+        let port = |offset: u16| -> anyhow::Result<u16> {
+            args.base_port
+                .checked_add(offset)
+                .context("--base-port too high for this many nodes")
+        };
+        let mut peers = Vec::new();
+        let mut clients = Vec::new();
+        for index in 0..node_count {
+            peers.push(format!("{}=127.0.0.1:{}", index + 1, port(index)?));
+            clients.push(format!("127.0.0.1:{}", port(100 + index)?));
+        }
+        let peers = peers.join(",");
+        std::fs::create_dir_all(&args.dir)
+            .with_context(|| format!("creating {}", args.dir.display()))?;
+        let exe = std::env::current_exe().context("finding the ringraft executable")?;
+        let mut children = Vec::new();
+        for (index, client) in clients.iter().enumerate() {
+            let node = index + 1;
+            match spawn_node(&exe, args, node, &peers, client) {
+                Ok(child) => children.push((node, child)),
+                Err(error) => {
+                    if let Err(stop_error) = stop_all(&mut children) {
+                        eprintln!("{stop_error:#}");
+                    }
+                    return Err(error);
+                }
+            }
+        }
+        let endpoints = clients.join(",");
+        println!("ringraft cluster of {} nodes", node_count);
+        for (index, client) in clients.iter().enumerate() {
+            let log = args.dir.join(format!("node-{}.log", index + 1));
+            println!(
+                "  node {}: clients {client}, log {}",
+                index + 1,
+                log.display()
+            );
+        }
+        println!("try:");
+        println!("  ringraft put hello world --endpoints {endpoints}");
+        println!("  ringraft get hello --endpoints {endpoints}");
+        println!("  ringraft status --endpoints {endpoints}");
+        println!("Ctrl-C stops every node.");
+        wait(&mut children)
+    }
+
+    fn spawn_node(
+        exe: &Path,
+        args: &ClusterArgs,
+        node: usize,
+        peers: &str,
+        client: &str,
+    ) -> anyhow::Result<Child> {
+        let log_path = args.dir.join(format!("node-{node}.log"));
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?;
+        let mut command = Command::new(exe);
+        command
+            .arg("server")
+            .arg("--node-id")
+            .arg(node.to_string())
+            .arg("--peers")
+            .arg(peers)
+            .arg("--client")
+            .arg(client)
+            .arg("--data-dir")
+            .arg(args.dir.join(format!("node-{node}")))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let Some(cores) = args.cores {
+            command.arg("--cores").arg(cores.to_string());
+        }
+        command
+            .spawn()
+            .with_context(|| format!("starting node {node} ({})", exe.display()))
+    }
+
+    /// Waits until Ctrl-C (or SIGTERM), then stops every node and waits for them.
+    fn wait(children: &mut Vec<(usize, Child)>) -> anyhow::Result<()> {
+        let mut exited = std::collections::BTreeSet::new();
+        while !ringraft::reactor::signals::stop_requested() && exited.len() < children.len() {
+            std::thread::sleep(POLL_INTERVAL);
+            for (node, child) in children.iter_mut() {
+                if let Ok(Some(status)) = child.try_wait()
+                    && exited.insert(*node)
+                {
+                    eprintln!("node {node} exited ({status}); see its log");
+                }
+            }
+        }
+        println!("stopping {} nodes", children.len() - exited.len());
+        stop_all(children)
+    }
+
+    fn stop_all(children: &mut Vec<(usize, Child)>) -> anyhow::Result<()> {
+        for (_, child) in children.iter() {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                // SAFETY: kill(2) on a child we started and have not yet reaped.
+                unsafe {
+                    libc::kill(pid, libc::SIGTERM);
+                }
+            }
+        }
+        let mut failed = Vec::new();
+        for (node, child) in children.drain(..) {
+            let mut child = child;
+            let status = child
+                .wait()
+                .with_context(|| format!("waiting for node {node}"))?;
+            if !status.success() {
+                failed.push(format!("node {node}: {status}"));
+            }
+        }
+        if failed.is_empty() {
+            println!("all nodes stopped cleanly");
+            Ok(())
+        } else {
+            anyhow::bail!("nodes did not stop cleanly: {}", failed.join(", "))
+        }
+    }
 }

@@ -1,0 +1,292 @@
+//! The loop that drives one core's shard (DESIGN §2): wake on a tick, a peer frame, a client
+//! request or a WAL completion; feed the inputs; call `round`; send batches at once; hand the
+//! WAL append to the one WAL task (appends run one at a time in ticket order: while one
+//! append+sync runs, later tickets queue); deliver replies (through the channel mesh when the
+//! connection lives on another core). Also the tick task (elapsed ticks from `Instant`
+//! deadlines, GLOMMIO.md: timers drift) and the WAL task.
+//!
+//! It must not decide anything the simulator would miss: what to send, persist or answer is
+//! the shard's. A failed WAL write or sync is fatal: logged, and the process exits non-zero.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use flatbuffers::FlatBufferBuilder;
+use glommio::channels::local_channel::LocalReceiver;
+
+use crate::constants::{SHUTDOWN_DRAIN_MS, TICKS_PER_WAKE_MAX};
+use crate::ids::{GroupId, NodeId};
+use crate::log::Log;
+use crate::raft::types::{Fetch, Persist};
+use crate::reactor::context::{CoreContext, Input, MeshMessage};
+use crate::reactor::disk::DmaDisk;
+use crate::reactor::peer::{PeerLink, encode_frame};
+use crate::reactor::shard_api::{ShardCore, ShardOutput, WalTicket};
+use crate::wire::FrameHeader;
+use crate::wire::client::{ClientResponse, encode_response};
+
+/// Exit status of a process whose WAL failed (DESIGN §6: crash and recover).
+pub const EXIT_WAL_FAILED: i32 = 3;
+
+/// Work for the WAL task, in order.
+pub enum WalJob {
+    Append(WalTicket, Vec<(GroupId, Persist)>),
+    Fetch(GroupId, Fetch),
+}
+
+/// The queue of the WAL task and the count of appends not yet durable.
+pub struct WalQueue {
+    jobs: RefCell<VecDeque<WalJob>>,
+    doorbell: glommio::channels::local_channel::LocalSender<()>,
+    appends_pending: Cell<usize>,
+}
+
+impl WalQueue {
+    pub fn new() -> (Rc<WalQueue>, LocalReceiver<()>) {
+        let (doorbell, ring) = glommio::channels::local_channel::new_bounded(1);
+        let queue = WalQueue {
+            jobs: RefCell::new(VecDeque::new()),
+            doorbell,
+            appends_pending: Cell::new(0),
+        };
+        (Rc::new(queue), ring)
+    }
+
+    fn push(&self, job: WalJob) {
+        if matches!(job, WalJob::Append(..)) {
+            self.appends_pending.set(self.appends_pending.get() + 1);
+        }
+        self.jobs.borrow_mut().push_back(job);
+        let _ = self.doorbell.try_send(());
+    }
+
+    fn is_idle(&self) -> bool {
+        self.appends_pending.get() == 0
+    }
+}
+
+/// Runs the WAL: appends (each one write plus one sync) and fetches, one at a time, in order.
+pub async fn run_wal(
+    context: Rc<CoreContext>,
+    mut log: Log<DmaDisk>,
+    queue: Rc<WalQueue>,
+    ring: LocalReceiver<()>,
+) {
+    while ring.recv().await.is_some() {
+        loop {
+            let job = queue.jobs.borrow_mut().pop_front();
+            let Some(job) = job else { break };
+            match job {
+                WalJob::Append(ticket, persists) => {
+                    let batch: Vec<(GroupId, &Persist)> = persists
+                        .iter()
+                        .map(|(group, persist)| (*group, persist))
+                        .collect();
+                    if let Err(error) = log.append(&batch).await {
+                        wal_failed(&context, "append", &error);
+                    }
+                    queue.appends_pending.set(queue.appends_pending.get() - 1);
+                    context.push(Input::WalDurable(ticket));
+                }
+                WalJob::Fetch(group, fetch) => match log.fetch_for(group, &fetch).await {
+                    Ok(entries) => context.push(Input::Fetched(group, entries)),
+                    Err(error) => wal_failed(&context, "read back", &error),
+                },
+            }
+        }
+        // Off the latency path: nothing else is queued.
+        if log.spares_short()
+            && let Err(error) = log.prepare_spares().await
+        {
+            wal_failed(&context, "prepare spare segments", &error);
+        }
+    }
+}
+
+fn wal_failed(context: &CoreContext, what: &str, error: &dyn std::fmt::Display) -> ! {
+    tracing::error!(node = %context.node, core = %context.core, %error,
+        "WAL {what} failed: stopping the node; check the disk and restart it (recovery trusts only checksummed records)");
+    std::process::exit(EXIT_WAL_FAILED);
+}
+
+/// Feeds elapsed ticks to the shard, from `Instant` deadlines, and the stop request.
+pub async fn run_ticks(context: Rc<CoreContext>, tick: Duration) {
+    let start = Instant::now();
+    let tick_nanos = tick.as_nanos().max(1);
+    let mut ticks_done: u128 = 0;
+    let mut stop_sent = false;
+    loop {
+        let next = start + tick.mul_f64((ticks_done + 1) as f64);
+        let now = Instant::now();
+        if next > now {
+            glommio::timer::sleep(next - now).await;
+        }
+        let due = Instant::now().duration_since(start).as_nanos() / tick_nanos;
+        let elapsed = due.saturating_sub(ticks_done);
+        ticks_done = due;
+        let fed = u32::try_from(elapsed)
+            .unwrap_or(u32::MAX)
+            .min(TICKS_PER_WAKE_MAX);
+        if fed > 0 {
+            context.push(Input::Ticks(fed));
+        }
+        if !stop_sent && crate::reactor::signals::stop_requested() {
+            stop_sent = true;
+            context.push(Input::Stop);
+        }
+    }
+}
+
+/// Receives what other cores send this one.
+pub async fn run_mesh_receiver(
+    context: Rc<CoreContext>,
+    receiver: glommio::channels::shared_channel::ConnectedReceiver<MeshMessage>,
+    on_peer_connection: Rc<dyn Fn(std::os::fd::RawFd, crate::reactor::peer::Hello)>,
+) {
+    while let Some(message) = receiver.recv().await {
+        match message {
+            MeshMessage::ClientRequest { origin, payload } => {
+                match crate::wire::client::decode_request(&payload) {
+                    Ok(request) => {
+                        context.push(Input::Client(origin, request, bytes::Bytes::from(payload)));
+                    }
+                    Err((_, error)) => tracing::error!(node = %context.node, core = %context.core,
+                        %error, "a forwarded request no longer decodes (a bug; please report it)"),
+                }
+            }
+            MeshMessage::Reply { connection, frame } => context.deliver(connection, frame, true),
+            MeshMessage::PeerConnection { fd, hello } => on_peer_connection(fd, hello),
+        }
+    }
+}
+
+/// Everything the driver loop sends through.
+pub struct DriverLinks {
+    /// Indexed by peer node.
+    pub peers: HashMap<NodeId, Rc<PeerLink>>,
+    pub wal: Rc<WalQueue>,
+}
+
+/// The driver loop: returns once a stop was requested, the shard has drained (or the drain
+/// deadline passed) and no WAL append is pending.
+pub async fn run_driver<S: ShardCore>(
+    context: Rc<CoreContext>,
+    mut shard: S,
+    links: DriverLinks,
+    ring: LocalReceiver<()>,
+) {
+    let mut out = ShardOutput::default();
+    let mut builder = FlatBufferBuilder::new();
+    let mut stop_deadline: Option<Instant> = None;
+    while ring.recv().await.is_some() {
+        let mut ticked = false;
+        for input in context.take_inputs() {
+            match input {
+                Input::Ticks(count) => {
+                    ticked = true;
+                    for _ in 0..count {
+                        shard.tick();
+                    }
+                }
+                Input::Peer(batch, permit) => {
+                    let from = batch.from;
+                    if let Err(error) = shard.on_peer_batch(batch) {
+                        tracing::warn!(node = %context.node, core = %context.core, peer = %from,
+                            %error, "batch from a peer refused");
+                    }
+                    drop(permit);
+                }
+                Input::Client(origin, request, raw) => {
+                    shard.on_client_request(origin, request, raw)
+                }
+                Input::WalDurable(ticket) => shard.on_wal_durable(ticket),
+                Input::Fetched(group, entries) => shard.on_fetched(group, entries),
+                Input::Stop => {
+                    tracing::info!(node = %context.node, core = %context.core,
+                        "stop requested: handing over leaderships, finishing WAL writes");
+                    context.set_stopping();
+                    shard.begin_shutdown();
+                    stop_deadline = Some(Instant::now() + Duration::from_millis(SHUTDOWN_DRAIN_MS));
+                }
+            }
+        }
+        loop {
+            out.clear();
+            shard.round(&mut out);
+            dispatch(&context, &links, &mut builder, &mut out);
+            if !shard.has_work() {
+                break;
+            }
+            glommio::yield_if_needed().await;
+        }
+        if ticked {
+            publish_status(&context, &shard);
+        }
+        if let Some(deadline) = stop_deadline {
+            let drained = shard.is_drained();
+            if (drained || Instant::now() >= deadline) && links.wal.is_idle() {
+                if !drained {
+                    tracing::warn!(node = %context.node, core = %context.core,
+                        "stopping before every leadership was handed over (drain deadline passed)");
+                }
+                tracing::info!(node = %context.node, core = %context.core, "core stopped");
+                return;
+            }
+        }
+    }
+}
+
+/// Carries out one round's output.
+fn dispatch(
+    context: &CoreContext,
+    links: &DriverLinks,
+    builder: &mut FlatBufferBuilder<'static>,
+    out: &mut ShardOutput,
+) {
+    for batch in out.batches.drain(..) {
+        match links.peers.get(&batch.to) {
+            Some(link) => link.send(encode_frame(builder, &batch, context.core)),
+            None => tracing::error!(node = %context.node, core = %context.core, peer = %batch.to,
+                "the shard addressed a node that is not in --peers (a bug; please report it)"),
+        }
+    }
+    if let Some((ticket, persists)) = out.wal_append.take() {
+        links.wal.push(WalJob::Append(ticket, persists));
+    }
+    for (group, fetch) in out.fetches.drain(..) {
+        links.wal.push(WalJob::Fetch(group, fetch));
+    }
+    for (origin, response) in out.replies.drain(..) {
+        let frame = response_frame(builder, &response);
+        if origin.core == context.core {
+            context.deliver(origin.connection, frame, true);
+        } else {
+            context.send_to_core(
+                origin.core,
+                MeshMessage::Reply {
+                    connection: origin.connection,
+                    frame,
+                },
+            );
+        }
+    }
+}
+
+/// A response as one frame (header and payload).
+pub fn response_frame(
+    builder: &mut FlatBufferBuilder<'static>,
+    response: &ClientResponse,
+) -> Vec<u8> {
+    let payload = encode_response(builder, response);
+    let mut frame = Vec::with_capacity(4 + payload.len());
+    frame.extend_from_slice(&FrameHeader::encode(payload.len()));
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// Publishes the groups' status for `Status` requests (the shard logs leader changes).
+fn publish_status<S: ShardCore>(context: &CoreContext, shard: &S) {
+    context.board.publish(context.core, shard.status());
+}

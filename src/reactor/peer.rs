@@ -1,0 +1,375 @@
+//! Node-to-node transport of one core: one TCP connection per (node, core) pair carrying
+//! length-prefixed flatbuffer `Batch` frames (DESIGN §7). Owns the hello frame that opens
+//! every connection (who connects, to whom, for which core), the outgoing link per peer node
+//! (connect, reconnect with backoff, a bounded queue that drops when full: Raft retransmits),
+//! the reader of an accepted connection (frames limited by size; a bad frame closes that
+//! connection with a logged reason).
+//!
+//! It must not decide anything about Raft: batches go in and out unread beyond validation.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use flatbuffers::FlatBufferBuilder;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::net::TcpStream;
+use thiserror::Error;
+
+use crate::constants::{
+    PEER_CONNECT_TIMEOUT_MS, PEER_FRAME_BYTES_MAX, PEER_QUEUE_FRAMES_MAX,
+    PEER_RECONNECT_BACKOFF_MAX_MS, PEER_RECONNECT_BACKOFF_MIN_MS,
+};
+use crate::ids::{CoreId, NodeId};
+use crate::shard::{Batch, BatchError};
+use crate::wire::frame::FRAME_HEADER_BYTES;
+use crate::wire::{FrameError, FrameHeader, WireError, decode_batch, encode_batch};
+
+/// First bytes of every hello payload: "ringraft peer, version 1".
+pub const HELLO_MAGIC: [u8; 4] = *b"RRP1";
+/// Payload bytes of a hello: magic, from node, to node, core.
+pub const HELLO_BYTES: usize = 4 + 8 + 8 + 2;
+
+#[derive(Debug, Error)]
+pub enum PeerError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("connection closed by the peer")]
+    Closed,
+    #[error("connection closed in the middle of a frame (truncated frame)")]
+    Truncated,
+    #[error("bad frame header: {0}")]
+    Frame(#[from] FrameError),
+    #[error("bad hello: {0}")]
+    Hello(String),
+    #[error("undecodable batch: {0}")]
+    Wire(#[from] WireError),
+    #[error("batch refused: {0}")]
+    Batch(#[from] BatchError),
+    #[error(
+        "batch from node {from} to node {to} arrived on the connection of node {expected} to this node"
+    )]
+    Misrouted {
+        from: NodeId,
+        to: NodeId,
+        expected: NodeId,
+    },
+}
+
+/// Who opens a connection: the first frame on every peer connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hello {
+    pub from: NodeId,
+    pub to: NodeId,
+    pub core: CoreId,
+}
+
+impl Hello {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut frame = Vec::with_capacity(FRAME_HEADER_BYTES + HELLO_BYTES);
+        frame.extend_from_slice(&FrameHeader::encode(HELLO_BYTES));
+        frame.extend_from_slice(&HELLO_MAGIC);
+        frame.extend_from_slice(&self.from.0.to_le_bytes());
+        frame.extend_from_slice(&self.to.0.to_le_bytes());
+        frame.extend_from_slice(&self.core.0.to_le_bytes());
+        frame
+    }
+
+    /// Decodes a hello payload; checks only its shape (the caller checks the ids).
+    pub fn decode(payload: &[u8]) -> Result<Hello, PeerError> {
+        if payload.len() != HELLO_BYTES {
+            return Err(PeerError::Hello(format!(
+                "{} bytes, expected {HELLO_BYTES}",
+                payload.len()
+            )));
+        }
+        if payload.get(..4) != Some(&HELLO_MAGIC[..]) {
+            return Err(PeerError::Hello("wrong magic: not a ringraft peer".into()));
+        }
+        let u64_at = |at: usize| -> Result<u64, PeerError> {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(
+                payload
+                    .get(at..at + 8)
+                    .ok_or_else(|| PeerError::Hello("short".into()))?,
+            );
+            Ok(u64::from_le_bytes(bytes))
+        };
+        let mut core = [0u8; 2];
+        core.copy_from_slice(
+            payload
+                .get(20..22)
+                .ok_or_else(|| PeerError::Hello("short".into()))?,
+        );
+        Ok(Hello {
+            from: NodeId(u64_at(4)?),
+            to: NodeId(u64_at(12)?),
+            core: CoreId(u16::from_le_bytes(core)),
+        })
+    }
+}
+
+/// Encodes a batch as one frame (header and payload), reusing `builder`.
+pub fn encode_frame(
+    builder: &mut FlatBufferBuilder<'static>,
+    batch: &Batch,
+    core: CoreId,
+) -> Vec<u8> {
+    let payload = encode_batch(builder, batch, core);
+    let mut frame = Vec::with_capacity(FRAME_HEADER_BYTES + payload.len());
+    frame.extend_from_slice(&FrameHeader::encode(payload.len()));
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// Reads one frame's payload of at most `payload_bytes_max` bytes. A clean end of stream
+/// before a header is `Closed`; an end inside a frame is `Truncated`.
+pub async fn read_frame<R: futures_lite::AsyncRead + Unpin>(
+    reader: &mut R,
+    payload_bytes_max: usize,
+) -> Result<Vec<u8>, PeerError> {
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    let mut filled = 0;
+    while filled < FRAME_HEADER_BYTES {
+        let count = reader.read(&mut header[filled..]).await?;
+        if count == 0 {
+            return Err(if filled == 0 {
+                PeerError::Closed
+            } else {
+                PeerError::Truncated
+            });
+        }
+        filled += count;
+    }
+    let parsed = FrameHeader::parse(&header, payload_bytes_max)?
+        .ok_or_else(|| PeerError::Hello("header shorter than its size".into()))?;
+    let mut payload = vec![0u8; parsed.payload_bytes];
+    reader
+        .read_exact(&mut payload)
+        .await
+        .map_err(|error| match error.kind() {
+            std::io::ErrorKind::UnexpectedEof => PeerError::Truncated,
+            _ => PeerError::Io(error),
+        })?;
+    Ok(payload)
+}
+
+/// The sending half of the link to one peer node from this core.
+pub struct PeerLink {
+    hello: Hello,
+    queue: LocalSender<Vec<u8>>,
+    /// Frames dropped because the queue was full (the peer is slow or unreachable).
+    dropped: RefCell<u64>,
+}
+
+impl PeerLink {
+    /// Queues a frame; drops it when the queue is full (Raft retransmits what matters).
+    pub fn send(&self, frame: Vec<u8>) {
+        if self.queue.try_send(frame).is_err() {
+            let mut dropped = self.dropped.borrow_mut();
+            *dropped += 1;
+            if dropped.is_power_of_two() {
+                tracing::debug!(node = %self.hello.from, core = %self.hello.core, peer = %self.hello.to, dropped = *dropped, "peer queue full: frames dropped");
+            }
+        }
+    }
+}
+
+/// Where a link connects, and what it says there.
+pub struct LinkTarget {
+    pub hello: Hello,
+    pub address: SocketAddr,
+    /// Set while the connection is up (read by `Status`), when this link reports for its node.
+    pub up: Option<Arc<AtomicBool>>,
+}
+
+/// Starts the link task (in the caller's task queue) and returns its sending half.
+pub fn spawn_link(target: LinkTarget, queue: glommio::TaskQueueHandle) -> Rc<PeerLink> {
+    let (sender, receiver) = local_channel::new_bounded(PEER_QUEUE_FRAMES_MAX);
+    let hello = target.hello;
+    let node = hello.to;
+    let task = glommio::spawn_local_into(run_link(target, receiver), queue);
+    match task {
+        Ok(task) => task.detach(),
+        Err(error) => panic!("spawning the link to node {node}: {error}"),
+    };
+    Rc::new(PeerLink {
+        hello,
+        queue: sender,
+        dropped: RefCell::new(0),
+    })
+}
+
+async fn run_link(target: LinkTarget, frames: LocalReceiver<Vec<u8>>) {
+    let mut backoff = Duration::from_millis(PEER_RECONNECT_BACKOFF_MIN_MS);
+    let mut failures: u64 = 0;
+    let peer = target.hello.to;
+    loop {
+        match connect(&target).await {
+            Ok(mut stream) => {
+                tracing::info!(node = %target.hello.from, core = %target.hello.core, peer = %peer,
+                    address = %target.address, "peer connection up");
+                set_up(&target, true);
+                backoff = Duration::from_millis(PEER_RECONNECT_BACKOFF_MIN_MS);
+                failures = 0;
+                let reason = loop {
+                    let Some(frame) = frames.recv().await else {
+                        return;
+                    };
+                    if let Err(error) = stream.write_all(&frame).await {
+                        break error;
+                    }
+                };
+                set_up(&target, false);
+                tracing::warn!(node = %target.hello.from, core = %target.hello.core, peer = %peer,
+                    address = %target.address, error = %reason,
+                    "peer connection down; reconnecting (check that node {peer} runs)");
+            }
+            Err(error) => {
+                failures += 1;
+                // The first failure and then every 32nd, so a long-dead peer does not flood the log.
+                if failures == 1 || failures.is_multiple_of(32) {
+                    tracing::warn!(node = %target.hello.from, core = %target.hello.core, peer = %peer,
+                        address = %target.address, %error, failures,
+                        "cannot connect to peer; retrying with backoff (is node {peer} started and is --peers right?)");
+                }
+            }
+        }
+        glommio::timer::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_millis(PEER_RECONNECT_BACKOFF_MAX_MS));
+    }
+}
+
+fn set_up(target: &LinkTarget, up: bool) {
+    if let Some(flag) = &target.up {
+        flag.store(up, Ordering::Relaxed);
+    }
+}
+
+async fn connect(target: &LinkTarget) -> Result<TcpStream, std::io::Error> {
+    let stream = TcpStream::connect_timeout(
+        target.address,
+        Duration::from_millis(PEER_CONNECT_TIMEOUT_MS),
+    )
+    .await
+    .map_err(std::io::Error::from)?;
+    stream.set_nodelay(true).map_err(std::io::Error::from)?;
+    let mut stream = stream;
+    stream.write_all(&target.hello.encode()).await?;
+    Ok(stream)
+}
+
+/// Checks a hello received by node `me` (with `cores` cores, peers `nodes`).
+pub fn check_hello(
+    hello: &Hello,
+    me: NodeId,
+    nodes: &[NodeId],
+    cores: usize,
+) -> Result<(), PeerError> {
+    if hello.to != me {
+        return Err(PeerError::Hello(format!(
+            "addressed to node {} but this is node {me}: check --peers on node {}",
+            hello.to, hello.from
+        )));
+    }
+    if hello.from == me || !nodes.contains(&hello.from) {
+        return Err(PeerError::Hello(format!(
+            "node {} is not a peer of node {me}: check --peers",
+            hello.from
+        )));
+    }
+    if usize::from(hello.core.0) >= cores {
+        return Err(PeerError::Hello(format!(
+            "core {} from node {} but this node runs {cores} cores: every node needs the same --cores",
+            hello.core, hello.from
+        )));
+    }
+    Ok(())
+}
+
+/// Reads batches from an accepted peer connection (hello already read) and hands each to
+/// `deliver` until the connection ends or a frame is bad.
+pub async fn read_batches<R, F, Fut>(reader: &mut R, hello: Hello, mut deliver: F) -> PeerError
+where
+    R: futures_lite::AsyncRead + Unpin,
+    F: FnMut(Batch) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    loop {
+        let payload = match read_frame(reader, PEER_FRAME_BYTES_MAX).await {
+            Ok(payload) => payload,
+            Err(error) => return error,
+        };
+        let (core, batch) = match decode_batch(&payload) {
+            Ok(decoded) => decoded,
+            Err(error) => return PeerError::Wire(error),
+        };
+        if let Err(error) = batch.validate() {
+            return PeerError::Batch(error);
+        }
+        if batch.from != hello.from || batch.to != hello.to || core != hello.core {
+            return PeerError::Misrouted {
+                from: batch.from,
+                to: batch.to,
+                expected: hello.from,
+            };
+        }
+        deliver(batch).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_round_trips_and_bad_hellos_are_named() {
+        // A hello decodes to what was encoded; wrong sizes, magic and ids are refused.
+        let hello = Hello {
+            from: NodeId(2),
+            to: NodeId(1),
+            core: CoreId(3),
+        };
+        let frame = hello.encode();
+        assert_eq!(
+            Hello::decode(&frame[FRAME_HEADER_BYTES..]).expect("valid"),
+            hello
+        );
+        assert!(Hello::decode(&frame[FRAME_HEADER_BYTES + 1..]).is_err());
+        let mut bad = frame[FRAME_HEADER_BYTES..].to_vec();
+        bad[0] = b'X';
+        assert!(Hello::decode(&bad).is_err());
+        let nodes = [NodeId(1), NodeId(2)];
+        assert!(check_hello(&hello, NodeId(1), &nodes, 4).is_ok());
+        assert!(check_hello(&hello, NodeId(1), &nodes, 3).is_err());
+        assert!(check_hello(&hello, NodeId(2), &nodes, 4).is_err());
+        assert!(check_hello(&hello, NodeId(1), &[NodeId(1)], 4).is_err());
+    }
+
+    #[test]
+    fn a_batch_survives_the_wire() {
+        // A batch with coalesced beats encodes to a frame whose payload decodes unchanged.
+        let mut batch = Batch::new(NodeId(1), NodeId(2));
+        let message = |body| crate::raft::types::Message {
+            from: NodeId(1),
+            to: NodeId(2),
+            term: crate::ids::Term(3),
+            body,
+        };
+        batch.push(
+            crate::ids::GroupId(5),
+            message(crate::raft::types::MessageBody::Heartbeat {
+                commit: crate::ids::LogIndex(4),
+                read_round: None,
+            }),
+        );
+        let mut builder = FlatBufferBuilder::new();
+        let frame = encode_frame(&mut builder, &batch, CoreId(1));
+        let decoded = decode_batch(&frame[FRAME_HEADER_BYTES..]).expect("decodes");
+        assert_eq!(decoded, (CoreId(1), batch));
+    }
+}

@@ -1,0 +1,537 @@
+//! Real `ringraft server` processes on loopback: writes and reads through every node of a
+//! three-node cluster, restarts that keep acknowledged writes, a leader killed with SIGKILL,
+//! bad frames on both ports, and the graceful stop on SIGTERM. Every wait polls with a
+//! deadline; the tests run one at a time (three processes share this machine's cores).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ringraft::client::Client;
+
+/// One cluster at a time: three processes already share two cores.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+const DEADLINE: Duration = Duration::from_secs(20);
+const POLL: Duration = Duration::from_millis(20);
+const GROUPS: u32 = 2;
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local address").port()
+}
+
+struct Node {
+    id: u64,
+    client_port: u16,
+    resp_port: u16,
+    peer_port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+struct Cluster {
+    nodes: Vec<Node>,
+    peers: String,
+    _root: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn new(count: u64) -> Cluster {
+        let root = tempfile::tempdir().expect("temporary directory");
+        let nodes: Vec<Node> = (1..=count)
+            .map(|id| Node {
+                id,
+                client_port: free_port(),
+                resp_port: free_port(),
+                peer_port: free_port(),
+                dir: root.path().join(format!("node-{id}")),
+                child: None,
+            })
+            .collect();
+        let peers = nodes
+            .iter()
+            .map(|node| format!("{}=127.0.0.1:{}", node.id, node.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Cluster {
+            nodes,
+            peers,
+            _root: root,
+        };
+        for index in 0..cluster.nodes.len() {
+            cluster.start(index);
+        }
+        cluster
+    }
+
+    fn start(&mut self, index: usize) {
+        let node = &mut self.nodes[index];
+        assert!(node.child.is_none(), "node {} is already running", node.id);
+        std::fs::create_dir_all(&node.dir).expect("data directory");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path(&node.dir))
+            .expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_ringraft"))
+            .args([
+                "server",
+                "--node-id",
+                &node.id.to_string(),
+                "--peers",
+                &self.peers,
+            ])
+            .args(["--client", &format!("127.0.0.1:{}", node.client_port)])
+            .args(["--resp", &format!("127.0.0.1:{}", node.resp_port)])
+            .arg("--data-dir")
+            .arg(node.dir.join("data"))
+            .args(["--cores", "1", "--groups", &GROUPS.to_string()])
+            .args(["--wal-segment-mib", "1"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start ringraft server");
+        node.child = Some(child);
+    }
+
+    fn endpoint(&self, index: usize) -> String {
+        format!("127.0.0.1:{}", self.nodes[index].client_port)
+    }
+
+    fn endpoints(&self) -> String {
+        (0..self.nodes.len())
+            .map(|index| self.endpoint(index))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn signal(&mut self, index: usize, signal: libc::c_int) -> ExitStatus {
+        let node = &mut self.nodes[index];
+        let mut child = node.child.take().expect("node is running");
+        let pid = i32::try_from(child.id()).expect("pid fits");
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        assert_eq!(
+            unsafe { libc::kill(pid, signal) },
+            0,
+            "kill node {}",
+            node.id
+        );
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for the node") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} did not exit after signal {signal}; log:\n{}",
+                node.id,
+                read_log(&node.dir)
+            );
+            std::thread::sleep(POLL);
+        }
+    }
+
+    fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|node| format!("--- node {}\n{}", node.id, read_log(&node.dir)))
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+fn log_path(dir: &Path) -> PathBuf {
+    dir.join("server.log")
+}
+
+fn read_log(dir: &Path) -> String {
+    let text = std::fs::read_to_string(log_path(dir)).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(40).collect();
+    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+}
+
+/// Retries `op` with a fresh client on `endpoints` until it succeeds or the deadline passes.
+fn eventually<T>(
+    cluster: &Cluster,
+    endpoints: &str,
+    what: &str,
+    mut op: impl FnMut(&mut Client) -> Result<T, ringraft::client::ClientError>,
+) -> T {
+    let deadline = Instant::now() + DEADLINE;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match Client::connect(endpoints, Duration::from_secs(2)) {
+            Ok(mut client) => match op(&mut client) {
+                Ok(value) => return value,
+                Err(error) => last = error.to_string(),
+            },
+            Err(error) => last = error.to_string(),
+        }
+        std::thread::sleep(POLL);
+    }
+    panic!(
+        "{what}: not done within {DEADLINE:?}; last error: {last}\n{}",
+        cluster.logs()
+    );
+}
+
+fn put(cluster: &Cluster, endpoints: &str, key: &str, value: &str) {
+    eventually(cluster, endpoints, &format!("put {key}"), |client| {
+        client.put(
+            Bytes::copy_from_slice(key.as_bytes()),
+            Bytes::copy_from_slice(value.as_bytes()),
+        )
+    });
+}
+
+fn get(cluster: &Cluster, endpoints: &str, key: &str) -> Option<Bytes> {
+    eventually(cluster, endpoints, &format!("get {key}"), |client| {
+        client.get(Bytes::copy_from_slice(key.as_bytes()))
+    })
+}
+
+#[test]
+fn every_node_of_three_serves_writes_and_reads() {
+    // A write through each node is read back through every node (forwarded to the leader).
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut cluster = Cluster::new(3);
+    for index in 0..3 {
+        put(
+            &cluster,
+            &cluster.endpoint(index),
+            &format!("key-{index}"),
+            &format!("value-{index}"),
+        );
+    }
+    for reader in 0..3 {
+        for index in 0..3 {
+            let value = get(&cluster, &cluster.endpoint(reader), &format!("key-{index}"));
+            assert_eq!(
+                value.as_deref(),
+                Some(format!("value-{index}").as_bytes()),
+                "node {} reads key-{index}",
+                reader + 1
+            );
+        }
+    }
+    for index in 0..3 {
+        let status = cluster.signal(index, libc::SIGTERM);
+        assert!(
+            status.success(),
+            "node {} stopped with {status}\n{}",
+            index + 1,
+            cluster.logs()
+        );
+    }
+}
+
+#[test]
+fn a_restarted_single_node_keeps_every_acknowledged_write() {
+    // Writes acknowledged before a graceful stop, and before a SIGKILL, survive a restart.
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut cluster = Cluster::new(1);
+    let endpoint = cluster.endpoint(0);
+    for index in 0..20 {
+        put(
+            &cluster,
+            &endpoint,
+            &format!("k{index}"),
+            &format!("v{index}"),
+        );
+    }
+    let status = cluster.signal(0, libc::SIGTERM);
+    assert!(
+        status.success(),
+        "graceful stop exited with {status}\n{}",
+        cluster.logs()
+    );
+    cluster.start(0);
+    for index in 20..40 {
+        put(
+            &cluster,
+            &endpoint,
+            &format!("k{index}"),
+            &format!("v{index}"),
+        );
+    }
+    cluster.signal(0, libc::SIGKILL);
+    cluster.start(0);
+    for index in 0..40 {
+        let value = get(&cluster, &endpoint, &format!("k{index}"));
+        assert_eq!(
+            value.as_deref(),
+            Some(format!("v{index}").as_bytes()),
+            "k{index} after restarts"
+        );
+    }
+}
+
+#[test]
+fn writes_resume_after_the_leader_is_killed_and_none_is_lost() {
+    // SIGKILL of the node leading the groups: a new leader is elected, writes go on, and
+    // every acknowledged write is still readable from the survivors.
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut cluster = Cluster::new(3);
+    let all = cluster.endpoints();
+    for index in 0..10 {
+        put(&cluster, &all, &format!("before-{index}"), "1");
+    }
+    let groups = eventually(&cluster, &all, "status", |client| client.status()).0;
+    let leader = groups
+        .iter()
+        .find_map(|group| group.leader)
+        .unwrap_or_else(|| panic!("no leader after writes: {groups:?}"));
+    let victim = usize::try_from(leader.0 - 1).expect("index");
+    cluster.signal(victim, libc::SIGKILL);
+    let survivors: String = (0..3)
+        .filter(|&index| index != victim)
+        .map(|index| cluster.endpoint(index))
+        .collect::<Vec<_>>()
+        .join(",");
+    for index in 0..10 {
+        put(&cluster, &survivors, &format!("after-{index}"), "2");
+    }
+    for index in 0..10 {
+        assert_eq!(
+            get(&cluster, &survivors, &format!("before-{index}")).as_deref(),
+            Some(&b"1"[..])
+        );
+        assert_eq!(
+            get(&cluster, &survivors, &format!("after-{index}")).as_deref(),
+            Some(&b"2"[..])
+        );
+    }
+    cluster.start(victim);
+    assert_eq!(
+        get(&cluster, &cluster.endpoint(victim), "after-9").as_deref(),
+        Some(&b"2"[..]),
+        "the restarted node serves what was written while it was down"
+    );
+}
+
+/// Sends `bytes` on a fresh connection and checks that the server closes it.
+fn refused(port: u16, bytes: &[u8], what: &str) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    stream.write_all(bytes).expect("send");
+    // A truncated frame is complete only once the sender stops sending.
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let mut buffer = [0u8; 64];
+    let closed = match stream.read(&mut buffer) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(error) => error.kind() == std::io::ErrorKind::ConnectionReset,
+    };
+    assert!(closed, "{what}: the server did not close the connection");
+}
+
+#[test]
+fn bad_frames_on_both_ports_close_only_their_connection() {
+    // Garbage, truncated, empty and oversize frames on the client and the peer port are
+    // refused; a client connected throughout keeps being served.
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut cluster = Cluster::new(1);
+    let endpoint = cluster.endpoint(0);
+    put(&cluster, &endpoint, "steady", "0");
+    let mut steady = Client::connect(&endpoint, Duration::from_secs(5)).expect("connect");
+    let mut garbage = 64u32.to_le_bytes().to_vec();
+    garbage.extend((0..64u8).map(|i| i.wrapping_mul(37)));
+    let mut truncated = 100u32.to_le_bytes().to_vec();
+    truncated.extend([1u8; 10]);
+    let oversize = (64u32 * 1024 * 1024).to_le_bytes().to_vec();
+    let empty = 0u32.to_le_bytes().to_vec();
+    for port in [cluster.nodes[0].client_port, cluster.nodes[0].peer_port] {
+        for (bytes, what) in [
+            (&garbage, "garbage"),
+            (&truncated, "truncated"),
+            (&oversize, "oversize"),
+            (&empty, "empty"),
+        ] {
+            refused(port, bytes, &format!("{what} frame on port {port}"));
+            steady
+                .put(
+                    Bytes::from_static(b"steady"),
+                    Bytes::copy_from_slice(what.as_bytes()),
+                )
+                .unwrap_or_else(|error| {
+                    panic!("steady client after {what}: {error}\n{}", cluster.logs())
+                });
+        }
+    }
+    assert_eq!(
+        get(&cluster, &endpoint, "steady").as_deref(),
+        Some(&b"empty"[..])
+    );
+    let status = cluster.signal(0, libc::SIGTERM);
+    assert!(status.success(), "graceful stop exited with {status}");
+}
+
+#[test]
+fn a_second_process_cannot_take_a_peer_port() {
+    // Starting a node on a peer port that a running node holds fails with a clear error.
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let cluster = Cluster::new(1);
+    put(&cluster, &cluster.endpoint(0), "a", "b");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let output = Command::new(env!("CARGO_BIN_EXE_ringraft"))
+        .args(["server", "--node-id", "1", "--peers", &cluster.peers])
+        .args(["--client", &format!("127.0.0.1:{}", free_port())])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--cores", "1", "--groups", "2"])
+        .output()
+        .expect("run a second server");
+    assert!(
+        !output.status.success(),
+        "a second server on the same peer port started"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot listen for peers"),
+        "stderr: {stderr}"
+    );
+}
+
+/// A base port P below the ephemeral range with P and P + 100 free right now.
+fn free_base_port() -> u16 {
+    let start = 20_000 + (std::process::id() % 5_000) as u16;
+    (start..start + 2_000)
+        .find(|&port| {
+            TcpListener::bind(("127.0.0.1", port)).is_ok()
+                && TcpListener::bind(("127.0.0.1", port + 100)).is_ok()
+        })
+        .expect("a free pair of ports")
+}
+
+#[test]
+fn the_cluster_launcher_serves_and_stops_every_node_on_ctrl_c() {
+    // `ringraft cluster` starts a node that serves writes; SIGINT stops it and the launcher
+    // exits 0 after its nodes did.
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let base_port = free_base_port();
+    let mut launcher = Command::new(env!("CARGO_BIN_EXE_ringraft"))
+        .args(["cluster", "--nodes", "1", "--cores", "1"])
+        .args(["--base-port", &base_port.to_string()])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start ringraft cluster");
+    let endpoint = format!("127.0.0.1:{}", base_port + 100);
+    let deadline = Instant::now() + DEADLINE;
+    let mut last = String::new();
+    let written = loop {
+        let attempt = Client::connect(&endpoint, Duration::from_secs(2))
+            .and_then(|mut client| client.put(Bytes::from_static(b"k"), Bytes::from_static(b"v")));
+        match attempt {
+            Ok(()) => break true,
+            Err(error) => last = error.to_string(),
+        }
+        if Instant::now() >= deadline {
+            break false;
+        }
+        std::thread::sleep(POLL);
+    };
+    let pid = i32::try_from(launcher.id()).expect("pid fits");
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    assert_eq!(
+        unsafe { libc::kill(pid, libc::SIGINT) },
+        0,
+        "signal the launcher"
+    );
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = launcher.try_wait().expect("wait for the launcher") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = launcher.kill();
+            panic!("the launcher did not exit after SIGINT");
+        }
+        std::thread::sleep(POLL);
+    };
+    let log = std::fs::read_to_string(dir.path().join("node-1.log")).unwrap_or_default();
+    assert!(written, "no write through the launched node: {last}\n{log}");
+    assert!(status.success(), "launcher exited with {status}\n{log}");
+    assert!(
+        log.contains("server stopped"),
+        "the node did not stop cleanly:\n{log}"
+    );
+}
+
+/// Sends `request` on a fresh RESP connection and reads until the server closes it.
+fn resp_exchange(port: u16, request: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to RESP");
+    stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    stream.write_all(request).expect("send");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("read until closed");
+    answer
+}
+
+#[test]
+fn redis_clients_are_served_in_command_order() {
+    // Pipelined RESP commands (inline and array form) are answered in order, each seeing the
+    // writes before it; an unknown command is an error reply and a malformed one closes.
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let cluster = Cluster::new(1);
+    put(&cluster, &cluster.endpoint(0), "ready", "1");
+    let port = cluster.nodes[0].resp_port;
+    let answer = resp_exchange(
+        port,
+        b"PING\r\nSET a 1\r\nGET a\r\nDEL a\r\nGET a\r\nFOO\r\n\
+          *3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\nvv\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\nQUIT\r\n",
+    );
+    let expected: &[u8] = b"+PONG\r\n+OK\r\n$1\r\n1\r\n:1\r\n$-1\r\n\
+        -ERR unknown command 'FOO' (ringraft supports PING, GET, SET, DEL, QUIT)\r\n\
+        +OK\r\n$2\r\nvv\r\n+OK\r\n";
+    assert_eq!(
+        String::from_utf8_lossy(&answer),
+        String::from_utf8_lossy(expected),
+        "{}",
+        cluster.logs()
+    );
+    let refused = resp_exchange(port, b"*x\r\n");
+    assert!(
+        refused.starts_with(b"-Protocol error"),
+        "malformed command answered {:?}",
+        String::from_utf8_lossy(&refused)
+    );
+    assert_eq!(
+        get(&cluster, &cluster.endpoint(0), "k").as_deref(),
+        Some(&b"vv"[..])
+    );
+}
