@@ -33,8 +33,9 @@ macro_rules! counter {
         }
 
         impl fmt::Display for $name {
+            // Delegates to the number, so width and alignment flags apply to it.
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "{}", self.0)
+                fmt::Display::fmt(&self.0, f)
             }
         }
     };
@@ -119,6 +120,13 @@ impl fmt::Display for EntryId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn display_honours_width() {
+        // Status tables align ids and indexes with `{:>6}`; the newtypes must pass it on.
+        assert_eq!(format!("[{:>4}]", GroupId(7)), "[   7]");
+        assert_eq!(format!("[{:<3}]", Term(12)), "[12 ]");
+    }
 
     #[test]
     fn up_to_date_orders_by_term_then_index() {
