@@ -1,6 +1,6 @@
 //! The `Disk` trait: the only way the WAL touches storage. The pure planner in `log/` decides
 //! which bytes go where; a `Disk` executes those decisions. Two implementations exist: the
-//! glommio `DmaFile` one in `reactor/` and the deterministic simulated one in `sim/disk.rs`.
+//! direct-I/O `DmaFile` one in `reactor/` and the deterministic simulated one in `sim/disk.rs`.
 //!
 //! This file owns the trait, the segment sequence number and `DiskError`. It must not know
 //! the record format, and holds no `io::Error` (implementations render theirs into a message).

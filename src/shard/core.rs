@@ -9,7 +9,7 @@
 //! through the leader and are served from this node's state machine once it has applied far
 //! enough.
 //!
-//! Pure: this room must not import glommio, read real time, or do I/O. Time is ticks.
+//! Pure: this room must not import the async runtime, read real time, or do I/O. Time is ticks.
 
 use std::collections::{HashMap, VecDeque};
 
