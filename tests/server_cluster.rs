@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ringraft::client::Client;
+use ringraft::wire::client::ErrorCode;
 
 /// One cluster at a time: three processes already share two cores.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -534,4 +535,78 @@ fn redis_clients_are_served_in_command_order() {
         get(&cluster, &cluster.endpoint(0), "k").as_deref(),
         Some(&b"vv"[..])
     );
+}
+
+#[test]
+fn two_of_three_killed_writes_fail_with_unavailable_and_resume_when_one_returns() {
+    // With two of three nodes killed a write through the survivor fails within the client
+    // timeout and is never visible while the majority is gone; once one node returns, writes
+    // resume and every acknowledged write is readable from both live nodes.
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut cluster = Cluster::new(3);
+    let all = cluster.endpoints();
+    for index in 0..10 {
+        put(&cluster, &all, &format!("acked-{index}"), "1");
+    }
+    cluster.signal(1, libc::SIGKILL);
+    cluster.signal(2, libc::SIGKILL);
+    let survivor = cluster.endpoint(0);
+    let timeout = Duration::from_secs(3);
+    let margin = Duration::from_secs(2);
+    let mut client = Client::connect(&survivor, timeout).expect("connect to the survivor");
+    let started = Instant::now();
+    let failed = client.put(Bytes::from_static(b"minority"), Bytes::from_static(b"lost"));
+    let elapsed = started.elapsed();
+    match &failed {
+        Err(ringraft::client::ClientError::Server {
+            code: ErrorCode::Timeout | ErrorCode::Unavailable,
+            ..
+        }) => {}
+        Err(ringraft::client::ClientError::Timeout { .. }) => {}
+        other => panic!(
+            "a write through a minority answered {other:?}\n{}",
+            cluster.logs()
+        ),
+    }
+    assert!(
+        elapsed <= timeout + margin,
+        "the failed write took {elapsed:?}, more than {timeout:?} + {margin:?}"
+    );
+    // A read through the minority must not see the write: it fails or finds nothing.
+    let mut reader = Client::connect(&survivor, timeout).expect("connect to the survivor");
+    match reader.get(Bytes::from_static(b"minority")) {
+        Ok(None) | Err(_) => {}
+        Ok(Some(value)) => panic!("a minority committed a write: minority = {value:?}"),
+    }
+    cluster.start(1);
+    let live = format!("{},{}", cluster.endpoint(0), cluster.endpoint(1));
+    // The write answered with an error stays in the survivor's log; Raft may commit it once a
+    // majority is back (thesis §3.6.2), so it is either absent or exactly what was written.
+    let after = get(&cluster, &live, "minority");
+    assert!(
+        after.is_none() || after.as_deref() == Some(&b"lost"[..]),
+        "the failed write reads back as {after:?}"
+    );
+    for index in 0..10 {
+        put(&cluster, &live, &format!("later-{index}"), "2");
+    }
+    for node in 0..2 {
+        let endpoint = cluster.endpoint(node);
+        for index in 0..10 {
+            assert_eq!(
+                get(&cluster, &endpoint, &format!("acked-{index}")).as_deref(),
+                Some(&b"1"[..]),
+                "node {} reads acked-{index}",
+                node + 1
+            );
+            assert_eq!(
+                get(&cluster, &endpoint, &format!("later-{index}")).as_deref(),
+                Some(&b"2"[..]),
+                "node {} reads later-{index}",
+                node + 1
+            );
+        }
+    }
 }
