@@ -559,6 +559,7 @@ fn two_of_three_killed_writes_fail_with_unavailable_and_resume_when_one_returns(
     let started = Instant::now();
     let failed = client.put(Bytes::from_static(b"minority"), Bytes::from_static(b"lost"));
     let elapsed = started.elapsed();
+    eprintln!("a write through the minority: {failed:?} after {elapsed:?}");
     match &failed {
         Err(ringraft::client::ClientError::Server {
             code: ErrorCode::Timeout | ErrorCode::Unavailable,
@@ -585,6 +586,7 @@ fn two_of_three_killed_writes_fail_with_unavailable_and_resume_when_one_returns(
     // The write answered with an error stays in the survivor's log; Raft may commit it once a
     // majority is back (thesis §3.6.2), so it is either absent or exactly what was written.
     let after = get(&cluster, &live, "minority");
+    eprintln!("the failed write after one node returned: {after:?}");
     assert!(
         after.is_none() || after.as_deref() == Some(&b"lost"[..]),
         "the failed write reads back as {after:?}"
