@@ -225,11 +225,16 @@ pub async fn run_driver<S: ShardCore>(
             publish_status(&context, &shard);
         }
         if let Some(deadline) = stop_deadline {
-            let drained = shard.is_drained();
+            // Requests already accepted are answered before the core stops (a write waits
+            // until it applies here, under the new leader too), so no client is left with a
+            // closed connection and an unknown outcome.
+            let drained = shard.is_drained() && shard.in_flight_count() == 0;
             if (drained || Instant::now() >= deadline) && links.wal.is_idle() {
                 if !drained {
                     tracing::warn!(node = %context.node, core = %context.core,
-                        "stopping before every leadership was handed over (drain deadline passed)");
+                        in_flight = shard.in_flight_count(),
+                        "stopping before every leadership was handed over and every accepted \
+                         request answered (drain deadline passed)");
                 }
                 tracing::info!(node = %context.node, core = %context.core, "core stopped");
                 return;

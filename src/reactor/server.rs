@@ -20,7 +20,9 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::{Latency, Shares};
 use thiserror::Error;
 
-use crate::constants::{MESH_CHANNEL_CAPACITY, PEER_BIND_RETRY_MS, REQUEST_TIMEOUT_MS};
+use crate::constants::{
+    MESH_CHANNEL_CAPACITY, PEER_BIND_RETRY_MS, REQUEST_TIMEOUT_MS, SHUTDOWN_LINGER_MS,
+};
 use crate::ids::{CoreId, NodeId, Ticks};
 use crate::log::{Log, WalConfig};
 use crate::reactor::client::run_client_listener;
@@ -288,6 +290,9 @@ async fn run_core<S: ShardCore + 'static>(setup: CoreSetup<S>) -> Result<(), Ser
         glommio::spawn_local_into(run_driver(context.clone(), shard, links, ring), raft_queue)
             .map_err(|_| ServerError::Mesh { core })?;
     driver.await;
+    // The context stays stopping: every request still arriving is answered `ShuttingDown`
+    // (the client retries it elsewhere) rather than lost with the connection.
+    glommio::timer::sleep(Duration::from_millis(SHUTDOWN_LINGER_MS)).await;
     Ok(())
 }
 

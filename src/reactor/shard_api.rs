@@ -30,6 +30,8 @@ pub trait ShardCore {
     /// Hand leaderships to up-to-date peers; new requests get `ShuttingDown`.
     fn begin_shutdown(&mut self);
     fn is_drained(&self) -> bool;
+    /// Client requests accepted and not answered yet.
+    fn in_flight_count(&self) -> usize;
     fn has_work(&self) -> bool;
     /// Fills `out`, which the caller has cleared.
     fn round(&mut self, out: &mut ShardOutput);
@@ -63,6 +65,10 @@ impl ShardCore for Shard {
 
     fn is_drained(&self) -> bool {
         Shard::is_drained(self)
+    }
+
+    fn in_flight_count(&self) -> usize {
+        Shard::in_flight_count(self)
     }
 
     fn has_work(&self) -> bool {
