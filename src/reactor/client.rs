@@ -25,16 +25,30 @@ use crate::wire::client::{
 
 /// Accepts client connections on this core until the core stops.
 pub async fn run_client_listener(context: Rc<CoreContext>, listener: TcpListener) {
+    accept_loop(context, listener, "client", serve_connection).await;
+}
+
+/// Accepts connections of one protocol (`what`) and serves each in its own task on the
+/// core's client queue, with TCP_NODELAY. Shared by the native and RESP listeners.
+pub async fn accept_loop<F, Fut>(
+    context: Rc<CoreContext>,
+    listener: TcpListener,
+    what: &'static str,
+    serve: F,
+) where
+    F: Fn(Rc<CoreContext>, TcpStream, Option<SocketAddr>) -> Fut,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
     loop {
         match listener.accept().await {
             Ok(stream) => {
                 let peer = stream.peer_addr().ok();
                 if let Err(error) = stream.set_nodelay(true) {
                     tracing::warn!(node = %context.node, core = %context.core, %error,
-                        "cannot set TCP_NODELAY on a client connection; continuing");
+                        "cannot set TCP_NODELAY on a {what} connection; continuing");
                 }
                 let task = glommio::spawn_local_into(
-                    serve_connection(context.clone(), stream, peer),
+                    serve(context.clone(), stream, peer),
                     context.client_queue,
                 );
                 if let Ok(task) = task {
@@ -43,7 +57,7 @@ pub async fn run_client_listener(context: Rc<CoreContext>, listener: TcpListener
             }
             Err(error) => {
                 tracing::warn!(node = %context.node, core = %context.core, %error,
-                    "accepting a client connection failed (out of file descriptors? raise `ulimit -n`)");
+                    "accepting a {what} connection failed (out of file descriptors? raise `ulimit -n`)");
                 glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
             }
         }

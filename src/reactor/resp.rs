@@ -43,25 +43,7 @@ enum Slot {
 
 /// Accepts RESP connections on this core.
 pub async fn run_resp_listener(context: Rc<CoreContext>, listener: TcpListener) {
-    loop {
-        match listener.accept().await {
-            Ok(stream) => {
-                let _ = stream.set_nodelay(true);
-                let peer = stream.peer_addr().ok();
-                if let Ok(task) = glommio::spawn_local_into(
-                    serve(context.clone(), stream, peer),
-                    context.client_queue,
-                ) {
-                    task.detach();
-                }
-            }
-            Err(error) => {
-                tracing::warn!(node = %context.node, core = %context.core, %error,
-                    "accepting a RESP connection failed (out of file descriptors? raise `ulimit -n`)");
-                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
-            }
-        }
-    }
+    crate::reactor::client::accept_loop(context, listener, "RESP", serve).await;
 }
 
 async fn serve(context: Rc<CoreContext>, stream: TcpStream, peer: Option<SocketAddr>) {
