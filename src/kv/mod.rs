@@ -1,9 +1,11 @@
 //! The replicated key-value state machine of one group: the command format carried in Raft
-//! entries, apply, and reads. Pure: no I/O, no clock; snapshot and restore arrive with
-//! log compaction.
+//! entries, apply, reads, a consistent view for snapshots, the snapshot byte format, and the
+//! trait of the store snapshot files live in. Pure: no I/O, no clock.
 
 pub mod command;
 pub mod machine;
+pub mod snapshot;
+pub mod store;
 
 pub use command::{Command, CommandError};
-pub use machine::{KvMachine, Outcome};
+pub use machine::{FrozenState, KvMachine, Outcome, WalkStatus};

@@ -16,3 +16,4 @@ pub mod resp;
 pub mod server;
 pub mod shard_api;
 pub mod signals;
+pub mod snapstore;

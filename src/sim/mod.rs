@@ -19,6 +19,7 @@ mod cluster;
 pub mod disk;
 mod network;
 pub mod shards;
+pub mod snapstore;
 mod storage;
 
 #[cfg(test)]
