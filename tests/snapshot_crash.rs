@@ -125,8 +125,19 @@ fn child_snapshotter() {
     .expect("child executor starts");
 }
 
+/// Names of temporary (unfinished) snapshot files in `dir`.
+fn temp_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .expect("read snapshot dir")
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| name.ends_with(".tmp"))
+        .collect()
+}
+
 /// Opens the store as a restart does and checks the newest snapshot against the seed.
 fn check_after_kill(dir: &Path, seed: u64, installed_round: u64) -> u64 {
+    let temp_before = temp_files(dir).len();
+    println!("  unfinished snapshot files left by the kill: {temp_before}");
     let path = dir.to_path_buf();
     let loaded = run_executor(&ExecutorConfig::new("snapshot-check"), async move {
         let store = DmaSnapshotStore::open(&path)
@@ -142,11 +153,7 @@ fn check_after_kill(dir: &Path, seed: u64, installed_round: u64) -> u64 {
         "a killed process left an installed snapshot that does not decode: {:?}",
         loaded.skipped
     );
-    let temp_left: Vec<String> = std::fs::read_dir(dir)
-        .expect("read snapshot dir")
-        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
-        .filter(|name| name.ends_with(".tmp"))
-        .collect();
+    let temp_left = temp_files(dir);
     assert!(
         temp_left.is_empty(),
         "temporary files survived the open: {temp_left:?}"

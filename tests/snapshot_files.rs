@@ -224,6 +224,10 @@ fn snapshot_taken_under_concurrent_writes_holds_the_frozen_state() {
                 Rc::clone(&writes_during),
             );
             glommio::spawn_local(async move {
+                // Writes start once the view is open, so the frozen state is known.
+                while !machine.borrow().snapshot_open() {
+                    futures_lite::future::yield_now().await;
+                }
                 let mut number = 0u64;
                 while !done.get() {
                     let mut machine = machine.borrow_mut();
