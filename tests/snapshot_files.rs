@@ -204,6 +204,21 @@ fn old_snapshots_are_removed_keeping_the_newest_two() {
     assert_eq!(removed, vec![kept[1], kept[0]]);
 }
 
+/// One write of the task that runs beside a snapshot: overwrite, create or delete a key.
+fn write_during(machine: &mut KvMachine, number: u64) {
+    match number % 3 {
+        0 => put(machine, (number * 7919) % 60_000, 2),
+        1 => put(machine, 60_000 + number, 2),
+        _ => {
+            let command = Command::Delete {
+                key: Bytes::from(format!("key-{:08}", (number * 104_729) % 60_000)),
+            };
+            let index = machine.applied().next();
+            machine.apply(index, &command.encode());
+        }
+    }
+}
+
 #[test]
 fn snapshot_taken_under_concurrent_writes_holds_the_frozen_state() {
     // Another task overwrites, deletes and creates keys while the snapshot is written in
@@ -230,19 +245,7 @@ fn snapshot_taken_under_concurrent_writes_holds_the_frozen_state() {
                 }
                 let mut number = 0u64;
                 while !done.get() {
-                    let mut machine = machine.borrow_mut();
-                    match number % 3 {
-                        0 => put(&mut machine, (number * 7919) % 60_000, 2),
-                        1 => put(&mut machine, 60_000 + number, 2),
-                        _ => {
-                            let command = Command::Delete {
-                                key: Bytes::from(format!("key-{:08}", (number * 104_729) % 60_000)),
-                            };
-                            let index = machine.applied().next();
-                            machine.apply(index, &command.encode());
-                        }
-                    }
-                    drop(machine);
+                    write_during(&mut machine.borrow_mut(), number);
                     number += 1;
                     writes_during.set(number);
                     futures_lite::future::yield_now().await;

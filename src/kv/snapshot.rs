@@ -37,7 +37,8 @@ const RECORD_PREFIX_BYTES: usize = 8;
 const TRAILER_BYTES: usize = 8 + 8 + 4 + 4;
 
 const _: () = assert!(HEADER_FIXED_BYTES == 64);
-const _: () = assert!(KEY_BYTES_MAX <= u32::MAX as usize && VALUE_BYTES_MAX <= u32::MAX as usize);
+// Record lengths are stored as u32; keys are the shorter of the two.
+const _: () = assert!(KEY_BYTES_MAX <= VALUE_BYTES_MAX && VALUE_BYTES_MAX <= u32::MAX as usize);
 
 /// What a snapshot file says about itself.
 #[derive(Clone, Debug, PartialEq, Eq)]

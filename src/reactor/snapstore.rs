@@ -59,10 +59,10 @@ impl DmaSnapshotStore {
         let existed = dir.is_dir();
         // Start-up only: a blocking mkdir before the store does any real work.
         std::fs::create_dir_all(dir).map_err(|error| io_error(StoreOp::Open, dir, &error))?;
-        if !existed {
-            if let Some(parent) = dir.parent().filter(|parent| !parent.as_os_str().is_empty()) {
-                sync_directory_at(parent, StoreOp::Open).await?;
-            }
+        let parent = dir.parent().filter(|parent| !parent.as_os_str().is_empty());
+        if let Some(parent) = parent.filter(|_| !existed) {
+            // The new directory's own name must be durable before snapshots in it are.
+            sync_directory_at(parent, StoreOp::Open).await?;
         }
         let alignment = probe_device(dir).await.map_err(|error| {
             StoreError::new(StoreOp::Open, dir.display().to_string(), error.to_string())
