@@ -17,9 +17,9 @@ use glommio::net::{TcpListener, TcpStream};
 use crate::constants::{
     CLIENT_FRAME_BYTES_MAX, CLIENT_INFLIGHT_REQUESTS_MAX, SOCKET_READ_BUFFER_BYTES,
 };
-use crate::reactor::gather::gather_frames;
 use crate::reactor::context::{CoreContext, Input, MeshMessage};
 use crate::reactor::driver::response_frame;
+use crate::reactor::gather::gather_frames;
 use crate::reactor::peer::{PeerError, read_frame};
 use crate::reactor::shard_api::{Origin, core_of_group, group_of_key};
 use crate::wire::client::{
