@@ -29,6 +29,25 @@ class PerfError(Exception):
     """A step of a perf script failed; the message says which and why."""
 
 
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt
+
+
+def install_interrupts():
+    """Ctrl-C (SIGINT) and SIGTERM both raise KeyboardInterrupt, so a script stops its
+    servers on the way out; SIGINT is re-armed even if the parent shell ignored it (a
+    background job)."""
+    signal.signal(signal.SIGINT, _interrupted)
+    signal.signal(signal.SIGTERM, _interrupted)
+
+
+def ignore_interrupts():
+    """While the servers stop: a second Ctrl-C must not leave them running half-stopped
+    (every stop has its own deadline, after which the process is killed)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def say(message):
     print(message, flush=True)
 

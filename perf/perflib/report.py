@@ -42,6 +42,8 @@ def format_ms(latency_us):
 
 
 def format_rate(per_second):
+    if per_second < 100:
+        return f"{per_second:,.1f}"
     return f"{per_second:,.0f}"
 
 
@@ -90,8 +92,9 @@ def markdown(document, svg_name):
         f"default groups and timing, fresh data directory. Load: `ringraft bench`, closed loop, "
         f"{settings['keys']:,} keys, {settings['duration_s']:g} s per profile, {runs} run(s) "
         f"per profile" + (" (the row is the median run by ops/s)" if runs > 1 else "")
-        + f"; the read profiles read values written by a preload of {settings['preload_ops']:,} "
-        f"writes. Profile names: w<bytes> writes, rw50 half reads, r reads; c connections; "
+        + (f"; the reading profiles read 128-byte values written by a preload of "
+           f"{settings['preload_ops']:,} writes" if settings["preload_ops"] else "")
+        + ". Profile names: w<bytes> writes, rw50 half reads, r reads; c connections; "
         f"p requests in flight per connection.",
         "",
         f"Command: `{document['command']}`",
@@ -151,7 +154,7 @@ def _nines(fraction, nines_max):
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
            "#7f7f7f", "#17becf", "#bcbd22")
-DASHES = ("", "7 3", "2 2")
+DASHES = ("", "7 3", "2 2", "10 3 2 3", "4 4")
 
 
 def percentile_label(nines):
@@ -219,9 +222,12 @@ def svg(document):
                "percentile</text>")
     out.append(f'<text x="18" y="{top + plot_h / 2:.1f}" text-anchor="middle" '
                f'transform="rotate(-90 18 {top + plot_h / 2:.1f})">latency (ms, log scale)</text>')
+    colors, dashes = {}, {}
     for number, (name, curve) in enumerate(series):
-        color = PALETTE[number % len(PALETTE)]
-        dash = DASHES[(number // len(PALETTE)) % len(DASHES)]
+        # Same colour: same connections and pipeline; same dash: same mix.
+        mix, _, load = name.partition("-")
+        color = PALETTE[colors.setdefault(load, len(colors)) % len(PALETTE)]
+        dash = DASHES[dashes.setdefault(mix, len(dashes)) % len(DASHES)]
         dash_attr = f' stroke-dasharray="{dash}"' if dash else ""
         points = _thin([(x_of(fraction), y_of(value)) for fraction, value in curve])
         coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
@@ -244,15 +250,13 @@ def _requests(entry):
 
 
 def _thin(points):
-    """Drops points that land on the same tenth of a pixel as the one before, and middle
-    points of horizontal runs, so a histogram of thousands of values stays a small path."""
+    """Keeps the first and last points and every point at least half a pixel from the last
+    kept one, so a histogram of thousands of values stays a small path; a step's corner
+    within half a pixel is not visible anyway."""
     kept = []
-    for x, y in points:
-        point = (round(x, 1), round(y, 1))
-        if kept and kept[-1] == point:
+    for index, (x, y) in enumerate(points):
+        last = index == len(points) - 1
+        if kept and not last and abs(x - kept[-1][0]) < 0.5 and abs(y - kept[-1][1]) < 0.5:
             continue
-        if len(kept) >= 2 and kept[-1][1] == point[1] and kept[-2][1] == point[1]:
-            kept[-1] = point
-            continue
-        kept.append(point)
+        kept.append((round(x, 1), round(y, 1)))
     return kept
