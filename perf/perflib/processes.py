@@ -238,6 +238,29 @@ class Cluster:
             self.put_until_ok(f"127.0.0.1:{port}", deadline)
         say("cluster: every group has a leader; a write through each node succeeded")
 
+    def settle(self, deadline_s=READY_DEADLINE_S):
+        """Polls `ringraft status` until every node has applied everything committed and all
+        nodes agree on each group's leader and commit index, so that a run does not start
+        while the one before it is still being applied. Returns the seconds it took."""
+        started = time.monotonic()
+        endpoints = [f"127.0.0.1:{port}" for port in self.client_ports]
+        last = None
+        while True:
+            self.check_alive()
+            views = []
+            for endpoint in endpoints:
+                result = subprocess.run(
+                    [str(self.binary), "status", "--endpoints", endpoint, "--timeout-ms", "1000"],
+                    capture_output=True, text=True, timeout=30)
+                views.append(parse_groups(result.stdout) if result.returncode == 0 else None)
+            if quiescent(views):
+                return time.monotonic() - started
+            last = views
+            if time.monotonic() - started > deadline_s:
+                raise PerfError(f"the cluster did not settle within {deadline_s:.0f} s "
+                                f"(every node applied, same commit); last views: {last}")
+            time.sleep(POLL_INTERVAL_S)
+
     def put_until_ok(self, endpoint, deadline):
         while True:
             result = subprocess.run(
@@ -279,6 +302,34 @@ def parse_status(text):
             if words[2] == "up":
                 up += 1
     return led, groups, up, nodes
+
+
+def parse_groups(text):
+    """{group: (leader, commit, applied)} from `ringraft status` output; leader is None
+    while unknown."""
+    groups = {}
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) == 6 and words[0].isdigit() and words[3].isdigit() and words[4].isdigit():
+            leader = None if words[1] == "-" else words[1]
+            groups[int(words[0])] = (leader, int(words[3]), int(words[4]))
+    return groups
+
+
+def quiescent(views):
+    """True when every node answered, knows a leader for every group, has applied all it
+    committed, and all nodes agree on each group's leader and commit index."""
+    if not views or any(not view for view in views):
+        return False
+    if any(view.keys() != views[0].keys() for view in views):
+        return False
+    for group in views[0]:
+        seen = {view[group][:2] for view in views}
+        if len(seen) != 1 or None in (view[group][0] for view in views):
+            return False
+        if any(view[group][1] != view[group][2] for view in views):
+            return False
+    return True
 
 
 class RedisServer:

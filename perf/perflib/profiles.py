@@ -7,6 +7,8 @@ A name reads mix, then connections, then pipeline depth:
   w<bytes>   writes only, values of <bytes> bytes
   rw50       half reads, half writes of 128-byte values
   r          reads only (of 128-byte values written by the preload)
+Outside the standard set, `--only` also takes rw<percent of reads>[w<bytes>], e.g.
+`rw90-c16-p1` or `rw50w16-c64-p16`.
 """
 
 import fnmatch
@@ -60,8 +62,12 @@ def profile(name):
         pipeline = int(parts[2][1:])
         if mix == "r":
             value_bytes, read_fraction = MIXED_VALUE_BYTES, 1.0
-        elif mix == "rw50":
-            value_bytes, read_fraction = MIXED_VALUE_BYTES, 0.5
+        elif mix.startswith("rw"):
+            percent, _, size = mix[2:].partition("w")
+            value_bytes = int(size) if size else MIXED_VALUE_BYTES
+            read_fraction = int(percent) / 100.0
+            if not 0 < read_fraction < 1:
+                raise ValueError(f"read percentage {percent} is not between 1 and 99")
         elif mix.startswith("w"):
             value_bytes, read_fraction = int(mix[1:]), 0.0
         else:

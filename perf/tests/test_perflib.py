@@ -43,7 +43,10 @@ class ProfileTests(unittest.TestCase):
              "--read-fraction", "0.5"])
         self.assertEqual(profiles.profile("w16-c1-p16").bench_args()[5], "16")
         self.assertEqual(profiles.profile("r-c50-p16").read_fraction, 1.0)
-        for bad in ("w16-c1", "x-c1-p1", "w16-c0-p1", "w16-p1-c1", "wx-c1-p1"):
+        custom = profiles.profile("rw90w16-c2-p3")
+        self.assertEqual((custom.read_fraction, custom.value_bytes), (0.9, 16))
+        for bad in ("w16-c1", "x-c1-p1", "w16-c0-p1", "w16-p1-c1", "wx-c1-p1", "rw100-c1-p1",
+                    "rw0-c1-p1", "rwx-c1-p1"):
             with self.assertRaises(ValueError, msg=bad):
                 profiles.profile(bad)
 
@@ -179,6 +182,23 @@ class StatusTests(unittest.TestCase):
             "     2        3        1          1          1  follower",
             "node 1: up", "node 2: down", "node 3: up"])
         self.assertEqual(processes.parse_status(text), (2, 3, 2, 3))
+
+    def test_quiescent_needs_every_node_applied_and_agreeing(self):
+        # A run starts only when all nodes agree on leaders and commits and applied all.
+        settled = {0: ("1", 10, 10), 1: ("2", 7, 7)}
+        self.assertTrue(processes.quiescent([settled, settled, dict(settled)]))
+        behind = {0: ("1", 10, 9), 1: ("2", 7, 7)}
+        self.assertFalse(processes.quiescent([settled, behind, settled]))
+        older = {0: ("1", 9, 9), 1: ("2", 7, 7)}
+        self.assertFalse(processes.quiescent([settled, older, settled]))
+        leaderless = {0: (None, 10, 10), 1: ("2", 7, 7)}
+        self.assertFalse(processes.quiescent([leaderless] * 3))
+        self.assertFalse(processes.quiescent([settled, None, settled]))
+        self.assertFalse(processes.quiescent([settled, {0: ("1", 10, 10)}, settled]))
+        text = " group   leader     term     commit    applied  role here\n" \
+               "     0        1        1        479        478  follower\n" \
+               "     1        -        2          5          5  candidate\n"
+        self.assertEqual(processes.parse_groups(text), {0: ("1", 479, 478), 1: (None, 5, 5)})
 
 
 if __name__ == "__main__":
