@@ -23,10 +23,16 @@ READY_DEADLINE_S = 60.0
 # How long a node may take to hand over its leaderships and exit after SIGINT.
 STOP_DEADLINE_S = 60.0
 POLL_INTERVAL_S = 0.2
+# Fresh clusters tried when a node exits during start-up.
+START_ATTEMPTS = 3
 
 
 class PerfError(Exception):
     """A step of a perf script failed; the message says which and why."""
+
+
+class NodeExited(PerfError):
+    """A server exited on its own (at start-up, most often a port taken meanwhile)."""
 
 
 def _interrupted(signum, frame):
@@ -160,21 +166,42 @@ class Cluster:
 
     def __init__(self, binary, data_dir, cores, nodes=3):
         self.binary = Path(binary)
-        self.data_dir = Path(data_dir)
+        self.base_dir = Path(data_dir)
+        self.data_dir = self.base_dir
         self.cores = cores
         self.nodes = nodes
         self.processes = []
         self.logs = []
-        ports = free_ports(3 * nodes)
-        self.peer_ports = ports[:nodes]
-        self.client_ports = ports[nodes:2 * nodes]
-        self.resp_ports = ports[2 * nodes:]
+        self.peer_ports = self.client_ports = self.resp_ports = []
+
+    def start_ready(self, attempts=START_ATTEMPTS):
+        """Starts the nodes and waits until they are ready. Ports are free when chosen but
+        another process may take one before a node binds it; when a node exits during
+        start-up, the others are stopped and a fresh cluster tries new ports."""
+        for attempt in range(1, attempts + 1):
+            self.data_dir = self.base_dir if attempt == 1 else \
+                self.base_dir.with_name(f"{self.base_dir.name}-{attempt}")
+            try:
+                self.start()
+                self.wait_ready()
+                return
+            except NodeExited as error:
+                complaints = self.stop()
+                if attempt == attempts:
+                    raise
+                say(f"start-up attempt {attempt} failed, trying new ports: {error} "
+                    f"{' '.join(complaints)}")
 
     @property
     def endpoints(self):
         return ",".join(f"127.0.0.1:{port}" for port in self.client_ports)
 
     def start(self):
+        ports = free_ports(3 * self.nodes)
+        self.peer_ports = ports[:self.nodes]
+        self.client_ports = ports[self.nodes:2 * self.nodes]
+        self.resp_ports = ports[2 * self.nodes:]
+        self.processes, self.logs = [], []
         peers = ",".join(f"{i + 1}=127.0.0.1:{port}" for i, port in enumerate(self.peer_ports))
         self.data_dir.mkdir(parents=True, exist_ok=True)
         for index in range(self.nodes):
@@ -204,7 +231,8 @@ class Cluster:
         for node, (process, log) in enumerate(zip(self.processes, self.logs), start=1):
             code = process.poll()
             if code is not None:
-                raise PerfError(f"node {node} exited ({code}); last lines of {log}:\n{tail(log)}")
+                raise NodeExited(f"node {node} exited ({code}); last lines of {log}:\n"
+                                 f"{tail(log)}")
 
     def status(self, endpoint):
         """(groups with a known leader, groups, nodes up, nodes) as one node sees them, or
