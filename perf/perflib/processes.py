@@ -224,7 +224,7 @@ class Cluster:
                                            start_new_session=True)
             self.processes.append(process)
             self.logs.append(log_path)
-        say(f"cluster: 3 nodes, clients {self.endpoints}, RESP ports "
+        say(f"cluster: {self.nodes} nodes, clients {self.endpoints}, RESP ports "
             f"{','.join(map(str, self.resp_ports))}, data {self.data_dir}")
 
     def check_alive(self):
