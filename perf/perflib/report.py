@@ -91,7 +91,9 @@ def markdown(document, svg_name):
         f"Cluster: 3 `ringraft server` processes on this machine, `--cores {settings['cores']}`, "
         f"default groups and timing, fresh data directory. Load: `ringraft bench`, closed loop, "
         f"each run started on a settled cluster (all committed entries applied everywhere), "
-        f"{settings['keys']:,} keys, {settings['duration_s']:g} s per profile, {runs} run(s) "
+        + ("requests sent through any node (`--route-any`), "
+           if settings.get("routing") == "any" else "")
+        + f"{settings['keys']:,} keys, {settings['duration_s']:g} s per profile, {runs} run(s) "
         f"per profile" + (" (the row is the median run by ops/s)" if runs > 1 else "")
         + (f"; the reading profiles read 128-byte values written by a preload of "
            f"{settings['preload_ops']:,} writes" if settings["preload_ops"] else "")
