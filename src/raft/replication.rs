@@ -459,5 +459,32 @@ fn send_appends(
         });
         progress.sent(last, bytes, entry_count);
     }
+    probe_past_the_end(context, progress, messages);
     Ok(())
+}
+
+/// A follower probed from past the leader's last entry (after a snapshot transfer was
+/// reported finished, thesis §5) is asked with an empty append whether it holds that entry,
+/// so that its answer moves the leader on either way.
+fn probe_past_the_end(
+    context: &AppendContext<'_>,
+    progress: &mut Progress,
+    messages: &mut Vec<Message>,
+) {
+    let last = context.log.last();
+    let probing = progress.state == (ProgressState::Probe { paused: false });
+    if !probing || progress.next != last.index.next() || progress.matched >= last.index {
+        return;
+    }
+    messages.push(Message {
+        from: context.from,
+        to: progress.node,
+        term: context.term,
+        body: MessageBody::Append {
+            prev: last,
+            entries: Vec::new(),
+            commit: context.commit,
+        },
+    });
+    progress.sent(last.index, 0, 0);
 }

@@ -491,7 +491,19 @@ impl Cluster {
     /// Stage a chunk of a snapshot, acknowledge what is staged, and step the leader's offer
     /// once every chunk is in (thesis §5: the core sees the snapshot only when complete).
     fn receive_chunk(&mut self, node: usize, group: usize, chunk: SnapshotChunk) -> Checked<()> {
-        let received = Incoming::receive(&mut self.nodes[node].staging[group], &chunk);
+        let staging = &mut self.nodes[node].staging[group];
+        let received = Incoming::receive(staging, &chunk, self.tick, SIM_SNAPSHOT_STALL_TICKS / 2);
+        self.trace(node, group, || {
+            format!(
+                "chunk {}/{} of {} (transfer {}) from {}: staged {:#b}",
+                chunk.index,
+                chunk.count,
+                chunk.data.last,
+                chunk.transfer,
+                chunk.from,
+                received.ack.received
+            )
+        });
         self.network.send(
             self.now,
             group_id(group),

@@ -9,7 +9,7 @@
 //! when a transfer has failed: the cluster moves the chunks over the simulated network,
 //! steps the Raft core and reports to the leader.
 
-use crate::ids::{EntryId, NodeId};
+use crate::ids::{EntryId, NodeId, Term};
 use crate::raft::Message;
 
 use super::storage::SimSnapshot;
@@ -64,7 +64,10 @@ pub struct Outgoing {
     offer: Message,
     data: SimSnapshot,
     count: u32,
+    /// What the receiver last said it holds (it may lose its staging in a crash).
     acked: u64,
+    /// The most chunks the receiver ever held at once: progress is exceeding it.
+    acked_best: u32,
     /// The tick each chunk was last sent at, if it is in flight unacknowledged.
     sent_at: Vec<Option<u64>>,
 }
@@ -93,6 +96,7 @@ impl Outgoing {
             data,
             count: start.count,
             acked: 0,
+            acked_best: 0,
             sent_at: vec![None; start.count as usize],
         }
     }
@@ -109,13 +113,15 @@ impl Outgoing {
         self.acked == full_mask(self.count)
     }
 
-    /// The receiver holds `received`; progress is any chunk newly known to be there.
+    /// The receiver holds `received` (all it holds of this snapshot, so a receiver that lost
+    /// its staging is sent everything again); progress is holding more than ever before.
     pub fn on_ack(&mut self, received: u64, tick: u64) {
         let received = received & full_mask(self.count);
-        if received & !self.acked != 0 {
+        if received.count_ones() > self.acked_best {
+            self.acked_best = received.count_ones();
             self.last_progress_tick = tick;
         }
-        self.acked |= received;
+        self.acked = received;
         for (index, sent) in self.sent_at.iter_mut().enumerate() {
             if self.acked & (1u64 << index) != 0 {
                 *sent = None;
@@ -176,6 +182,10 @@ impl Outgoing {
 /// The chunks of one snapshot staged on the receiving node (volatile: a crash loses them).
 #[derive(Debug)]
 pub struct Incoming {
+    /// The term of the offer that brought the staged snapshot: a newer leader's snapshot
+    /// replaces it, an older one's does not (until this staging sits idle).
+    term: Term,
+    touched_tick: u64,
     last: EntryId,
     data: SimSnapshot,
     count: u32,
@@ -192,14 +202,38 @@ pub struct Received {
 }
 
 impl Incoming {
-    /// Stage `chunk` in `staging` (replacing the staging of another snapshot; resuming one
-    /// of the same snapshot, whichever transfer brought its chunks).
-    pub fn receive(staging: &mut Option<Incoming>, chunk: &SnapshotChunk) -> Received {
+    /// Stage `chunk` in `staging` at `tick`: chunks of the staged snapshot resume it,
+    /// whichever transfer brings them; a snapshot offered in a later term or ending later
+    /// replaces it, and so does any snapshot once the staging sat idle for `idle_ticks`;
+    /// chunks of other snapshots are answered with nothing held, so their sender gives up.
+    pub fn receive(
+        staging: &mut Option<Incoming>,
+        chunk: &SnapshotChunk,
+        tick: u64,
+        idle_ticks: u64,
+    ) -> Received {
+        let key = (chunk.offer.term, chunk.data.last.index);
         let same = staging.as_ref().is_some_and(|incoming| {
             incoming.last == chunk.data.last && incoming.count == chunk.count
         });
+        let replaces = staging.as_ref().is_none_or(|incoming| {
+            key > (incoming.term, incoming.last.index) || tick >= incoming.touched_tick + idle_ticks
+        });
+        if !same && !replaces {
+            return Received {
+                ack: ChunkAck {
+                    from: chunk.to,
+                    to: chunk.from,
+                    transfer: chunk.transfer,
+                    received: 0,
+                },
+                step: None,
+            };
+        }
         if !same {
             *staging = Some(Incoming {
+                term: chunk.offer.term,
+                touched_tick: tick,
                 last: chunk.data.last,
                 data: chunk.data,
                 count: chunk.count,
@@ -210,6 +244,8 @@ impl Incoming {
         let mut step = None;
         let mut received = 0;
         if let Some(incoming) = staging {
+            incoming.touched_tick = tick;
+            incoming.term = incoming.term.max(chunk.offer.term);
             if chunk.index < chunk.count {
                 incoming.have |= 1u64 << chunk.index;
             }
@@ -245,7 +281,7 @@ impl Incoming {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::{LogIndex, Term};
+    use crate::ids::LogIndex;
     use crate::raft::{Membership, MessageBody, SnapshotMeta};
 
     fn offer() -> (Message, SimSnapshot) {
@@ -288,7 +324,7 @@ mod tests {
         assert_eq!(budget, 3);
         let mut staging = None;
         // Chunk 0 is lost; chunk 1 arrives.
-        let received = Incoming::receive(&mut staging, &first[1]);
+        let received = Incoming::receive(&mut staging, &first[1], 1, 30);
         assert!(received.step.is_none());
         sender.on_ack(received.ack.received, 1);
         let mut budget = 1;
@@ -300,7 +336,7 @@ mod tests {
         assert!(sender.stalled(31, 30));
         assert!(!sender.stalled(30, 30));
         for chunk in [&next[0], &resent[0]] {
-            let received = Incoming::receive(&mut staging, chunk);
+            let received = Incoming::receive(&mut staging, chunk, 4, 30);
             assert!(received.step.is_none());
             sender.on_ack(received.ack.received, 4);
         }
@@ -308,17 +344,17 @@ mod tests {
         let mut again = Outgoing::new(start(2), message, data);
         let mut budget = 5;
         let probe = again.next_chunks(10, (1, 3), &mut budget);
-        let received = Incoming::receive(&mut staging, &probe[0]);
+        let received = Incoming::receive(&mut staging, &probe[0], 10, 30);
         again.on_ack(received.ack.received, 10);
         let mut budget = 5;
         let rest = again.next_chunks(11, (4, 3), &mut budget);
         assert_eq!(rest.iter().map(|c| c.index).collect::<Vec<_>>(), vec![3]);
-        let received = Incoming::receive(&mut staging, &rest[0]);
+        let received = Incoming::receive(&mut staging, &rest[0], 11, 30);
         assert_eq!(received.step.map(|(_, staged)| staged), Some(data));
         again.on_ack(received.ack.received, 11);
         assert!(again.is_complete());
         assert_eq!(Incoming::staged(&staging, data.last), Some(data));
-        let duplicate = Incoming::receive(&mut staging, &rest[0]);
+        let duplicate = Incoming::receive(&mut staging, &rest[0], 11, 30);
         assert!(
             duplicate.step.is_none(),
             "a transfer's offer is stepped once"
