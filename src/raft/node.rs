@@ -558,7 +558,8 @@ impl RaftNode {
         if index <= self.log.persisted() {
             return term_vote;
         }
-        let has_unwritten = self.log.last().index > self.log.written();
+        // A received snapshot not yet handed out makes its whole prefix unwritten too.
+        let has_unwritten = self.log.last().index > self.log.written() || self.snapshot_unsent;
         let entries = if has_unwritten {
             PersistPosition(self.position_sent.0 + 1)
         } else {

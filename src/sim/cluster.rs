@@ -1370,7 +1370,8 @@ fn show_ready(ready: &Ready) -> String {
     let persisted = ready.persist.as_ref().map(|p| {
         let first = p.entries.first().map(|e| e.id);
         let last = p.entries.last().map(|e| e.id);
-        (p.position, first, last, p.hard_state)
+        let snapshot = p.snapshot.as_ref().map(|s| s.last);
+        (p.position, snapshot, first, last, p.hard_state)
     });
     let applied = (
         ready.committed_entries.first().map(|e| e.id),
