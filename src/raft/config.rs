@@ -47,6 +47,9 @@ pub enum Canary {
     CommitOldTermEntries,
     /// Grant votes at once and never persist them (breaks §5.2 one vote per term on restart).
     VoteNotPersisted,
+    /// Acknowledge a received snapshot before it is durable (breaks "followers acknowledge
+    /// only durable state", thesis §5).
+    SnapshotAckedBeforePersist,
 }
 
 impl RaftConfig {

@@ -111,6 +111,11 @@ impl RaftNode {
         let body = MessageBody::AppendResponse(AppendResponse::Accepted {
             last_index: last.index,
         });
+        #[cfg(test)]
+        if self.config.canary == Some(crate::raft::config::Canary::SnapshotAckedBeforePersist) {
+            self.send(from, body);
+            return;
+        }
         self.send_after(required, from, body);
     }
 

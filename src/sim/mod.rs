@@ -9,6 +9,9 @@
 //! - a long run: `ringraft sim --seeds 1000000 --first-seed 0 --nodes 3 --jobs 2`, then the
 //!   same with `--nodes 5`, and with `--churn` (every seed in the term-churn profile).
 //!   A failing seed is printed with the command that replays it.
+//! - snapshots: each seed draws how many applied entries a node lets pass before it takes a
+//!   snapshot and compacts (or never does); `--snapshot-every N` fixes it (0: never), e.g.
+//!   `ringraft sim --seeds 2000 --churn --snapshot-every 3 --jobs 2`.
 //!
 //! `shards` runs whole nodes (the production `Shard` over the production WAL on simulated
 //! disks). This room must not import `reactor/` or glommio, and must not read real time or any RNG

@@ -150,6 +150,10 @@ fn canary_finds_violation(canary: Canary, release_checks: bool) {
     // Figure 8 and lost votes show; four groups give each seed four chances.
     let mut template = SimConfig::new(first_seed, 3, 4);
     template.canary = Some(canary);
+    if canary == Canary::SnapshotAckedBeforePersist {
+        // Snapshots must be frequent for the broken rule to matter.
+        template.snapshot_every = Some(3);
+    }
     template.release_checks = release_checks;
     template.churn = true;
     // A canary may also stall a healed cluster; only a safety violation counts as caught.
@@ -195,6 +199,21 @@ fn sim_canary_vote_not_persisted_is_caught() {
     // A core that grants votes without persisting them (§5.2, Figure 2) is caught as the
     // grant leaves before the vote is durable.
     canary_finds_violation(Canary::VoteNotPersisted, true);
+}
+
+#[test]
+fn sim_canary_snapshot_acked_before_persist_is_caught() {
+    // A follower that acknowledges an installed snapshot before it is durable (thesis §5)
+    // is caught as the acknowledgement leaves ahead of the durable log.
+    canary_finds_violation(Canary::SnapshotAckedBeforePersist, true);
+}
+
+#[test]
+fn sim_canary_snapshot_acked_before_persist_is_caught_through_crashes() {
+    // Without the check on messages as they leave, the same bug is caught end to end: a
+    // follower crashes with its acknowledged snapshot undurable, and a committed entry ends
+    // up on fewer than a quorum of durable logs, or a new leader lacks it.
+    canary_finds_violation(Canary::SnapshotAckedBeforePersist, false);
 }
 
 #[test]
