@@ -337,6 +337,10 @@ fn server(args: ServerArgs) -> anyhow::Result<()> {
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // A panic becomes a log line of the panicking thread, inside its node/core span.
+    std::panic::set_hook(Box::new(|info| {
+        tracing::error!("{info} (a bug: please report it with this log)");
+    }));
     let cores = match args.cores {
         Some(cores) => cores,
         None => std::thread::available_parallelism().map_or(1, usize::from),
@@ -644,14 +648,11 @@ mod cluster {
     fn stop_in_order(nodes: &mut [Node]) -> anyhow::Result<()> {
         let running = nodes.iter().filter(|node| node.status.is_none()).count();
         println!("stopping {running} nodes one at a time");
-        for index in 0..nodes.len() {
-            if nodes[index].status.is_some() {
-                continue;
-            }
+        for node in nodes.iter_mut().filter(|node| node.status.is_none()) {
             if signals::signals_received() >= 2 {
                 break;
             }
-            stop_one(&mut nodes[index]);
+            stop_one(node);
         }
         kill_running(nodes);
         let failed: Vec<String> = nodes
