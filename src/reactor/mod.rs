@@ -11,6 +11,7 @@ pub mod disk;
 pub mod driver;
 pub mod events;
 pub mod executor;
+pub mod gather;
 pub mod peer;
 pub mod rawdisk;
 pub mod resp;

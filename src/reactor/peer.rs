@@ -26,6 +26,7 @@ use crate::constants::{
 };
 use crate::ids::{CoreId, NodeId};
 use crate::reactor::context::Bell;
+use crate::reactor::gather::gather_frames;
 use crate::shard::{Batch, BatchError};
 use crate::wire::frame::FRAME_HEADER_BYTES;
 use crate::wire::{FrameError, FrameHeader, WireError, decode_batch, encode_batch};
@@ -170,17 +171,23 @@ pub struct PeerLink {
 
 /// What the sending half and the link task both see of the link.
 struct LinkState {
-    /// Frames queued and not yet written to the socket (nor lost with a connection).
-    unwritten: Cell<usize>,
+    /// Bytes of frames queued and not yet written to the socket (nor lost with a
+    /// connection). Counted in bytes because the writer gathers several frames per write.
+    unwritten_bytes: Cell<usize>,
     connected: Cell<bool>,
-    /// Rung when `unwritten` reaches zero or the connection goes down.
+    /// Rung when `unwritten_bytes` reaches zero or the connection goes down.
     settled: Rc<Bell>,
 }
 
 impl LinkState {
-    fn frame_done(&self) {
-        self.unwritten.set(self.unwritten.get().saturating_sub(1));
-        if self.unwritten.get() == 0 {
+    fn bytes_done(&self, written_bytes: usize) {
+        let unwritten_bytes = self.unwritten_bytes.get();
+        assert!(
+            written_bytes <= unwritten_bytes,
+            "peer link wrote {written_bytes} bytes but only {unwritten_bytes} were queued"
+        );
+        self.unwritten_bytes.set(unwritten_bytes - written_bytes);
+        if unwritten_bytes == written_bytes {
             self.settled.ring();
         }
     }
@@ -196,8 +203,12 @@ impl LinkState {
 impl PeerLink {
     /// Queues a frame; drops it when the queue is full (Raft retransmits what matters).
     pub fn send(&self, frame: Vec<u8>) {
+        let frame_bytes = frame.len();
         if self.queue.try_send(frame).is_ok() {
-            self.state.unwritten.set(self.state.unwritten.get() + 1);
+            let unwritten_bytes = self.state.unwritten_bytes.get();
+            self.state
+                .unwritten_bytes
+                .set(unwritten_bytes + frame_bytes);
         } else {
             let mut dropped = self.dropped.borrow_mut();
             *dropped += 1;
@@ -210,7 +221,7 @@ impl PeerLink {
     /// Whether every frame given has been written to the socket, or the link is down (its
     /// frames then wait for a reconnection nobody may be around to see).
     pub fn is_flushed(&self) -> bool {
-        !self.state.connected.get() || self.state.unwritten.get() == 0
+        !self.state.connected.get() || self.state.unwritten_bytes.get() == 0
     }
 }
 
@@ -230,7 +241,7 @@ pub fn spawn_link(target: LinkTarget, queue: glommio::TaskQueueHandle) -> Rc<Pee
     let hello = target.hello;
     let node = hello.to;
     let state = Rc::new(LinkState {
-        unwritten: Cell::new(0),
+        unwritten_bytes: Cell::new(0),
         connected: Cell::new(false),
         settled: target.settled.clone(),
     });
@@ -251,6 +262,7 @@ async fn run_link(target: LinkTarget, frames: LocalReceiver<Vec<u8>>, state: Rc<
     let mut backoff = Duration::from_millis(PEER_RECONNECT_BACKOFF_MIN_MS);
     let mut failures: u64 = 0;
     let peer = target.hello.to;
+    let mut gathered = Vec::new();
     loop {
         match connect(&target).await {
             Ok(mut stream) => {
@@ -261,11 +273,11 @@ async fn run_link(target: LinkTarget, frames: LocalReceiver<Vec<u8>>, state: Rc<
                 backoff = Duration::from_millis(PEER_RECONNECT_BACKOFF_MIN_MS);
                 failures = 0;
                 let reason = loop {
-                    let Some(frame) = frames.recv().await else {
+                    if !gather_frames(&frames, &mut gathered).await {
                         return;
-                    };
-                    let written = stream.write_all(&frame).await;
-                    state.frame_done();
+                    }
+                    let written = stream.write_all(&gathered).await;
+                    state.bytes_done(gathered.len());
                     if let Err(error) = written {
                         break error;
                     }
