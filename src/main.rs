@@ -11,6 +11,10 @@ use ringraft::client::Client;
 use ringraft::raft::RoleKind;
 use ringraft::sim::{SimConfig, SimError, Sweep, run_seed, run_seeds};
 
+/// The allocator: per-thread caches suit thread-per-core (measured in perf/README.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "ringraft",

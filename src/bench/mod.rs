@@ -427,6 +427,9 @@ impl Worker {
                 continue;
             }
             self.receive_one(shared)?;
+            while self.client.has_buffered_response() {
+                self.receive_one(shared)?;
+            }
             if last_flush.elapsed() >= Duration::from_millis(100) {
                 self.flush(shared);
                 last_flush = Instant::now();

@@ -188,9 +188,20 @@ impl Client {
         written.map_err(|source| ClientError::Io { endpoint, source })
     }
 
+    /// Whether a whole response has been read already, so `recv` returns without I/O (a
+    /// pipelining caller drains those before sending more, so requests leave together).
+    pub fn has_buffered_response(&self) -> bool {
+        matches!(
+            FrameHeader::parse(&self.read_buffer, CLIENT_FRAME_BYTES_MAX),
+            Ok(Some(header)) if self.read_buffer.len() >= 4 + header.payload_bytes
+        )
+    }
+
     /// Waits for the next response of any request in flight.
     pub fn recv(&mut self) -> Result<ClientResponse, ClientError> {
-        self.flush()?;
+        if !self.has_buffered_response() {
+            self.flush()?;
+        }
         let endpoint = self.endpoint();
         let deadline = Instant::now() + self.timeout;
         let header = loop {
