@@ -934,8 +934,8 @@ impl Shard {
 
     /// Hands each group this node leads to a peer heard from within an election timeout
     /// (thesis §3.10), spreading the groups over those peers, so a stopping node does not ask
-    /// a node that is down. A hand-over not done within two election timeouts (the Raft core
-    /// abandons it after one) is reported and tried again with the next live peer.
+    /// a node that is down. A hand-over not done when the Raft core abandons it (after an
+    /// election timeout) is reported and tried again with the next live peer.
     fn transfer_leaderships(&mut self) {
         if self.config.nodes.len() == 1 {
             return;
@@ -948,7 +948,8 @@ impl Shard {
             .filter(|(_, soft)| soft.role == RoleKind::Leader)
             .map(|(g, soft)| (g, soft.term))
             .collect();
-        let patience_ticks = 2 * u64::from(self.config.election_timeout_ticks.get());
+        // The Raft core abandons a transfer after one election timeout (thesis §3.10).
+        let patience_ticks = u64::from(self.config.election_timeout_ticks.get()) + 1;
         for (group, term) in led {
             let mut attempt = 0;
             let previous = self.transfers.get(&group).copied();
@@ -1016,18 +1017,30 @@ impl Shard {
         }
     }
 
-    /// Peers whose last batch arrived within an election timeout, in `config.nodes` order.
+    /// Peers whose last batch arrived within an election timeout and no more than a heartbeat
+    /// interval before the freshest peer's, in `config.nodes` order. Live peers are heard
+    /// from every heartbeat, so a peer that has just stopped (the previous node of an ordered
+    /// stop) drops out after a heartbeat rather than an election timeout.
     fn live_peers(&self) -> Vec<NodeId> {
         let window_ticks = u64::from(self.config.election_timeout_ticks.get());
-        self.config
+        let slack_ticks = u64::from(self.config.heartbeat_interval_ticks.get());
+        let heard: Vec<(NodeId, u64)> = self
+            .config
             .nodes
             .iter()
             .zip(&self.last_heard_ticks)
-            .filter(|&(&node, heard)| {
-                node != self.config.node
-                    && heard.is_some_and(|tick| self.now_ticks.saturating_sub(tick) <= window_ticks)
+            .filter_map(|(&node, heard)| Some((node, (*heard)?)))
+            .filter(|&(node, tick)| {
+                node != self.config.node && self.now_ticks.saturating_sub(tick) <= window_ticks
             })
-            .map(|(&node, _)| node)
+            .collect();
+        let Some(freshest) = heard.iter().map(|&(_, tick)| tick).max() else {
+            return Vec::new();
+        };
+        heard
+            .into_iter()
+            .filter(|&(_, tick)| tick + slack_ticks >= freshest)
+            .map(|(node, _)| node)
             .collect()
     }
 
