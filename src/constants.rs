@@ -109,8 +109,22 @@ pub const SIM_LIVENESS_TICKS_MAX: u64 = 400;
 pub const SIM_LIVENESS_TICKS_PER_ENTRY: u64 = 8;
 /// `Ready`s one simulated replica may produce in a row before the simulator calls it a loop.
 pub const SIM_READY_ROUNDS_MAX: usize = 1000;
+/// Snapshot chunks one simulated node sends per tick over all its transfers: the bandwidth
+/// limit that keeps snapshot streaming from starving live traffic.
+pub const SIM_SNAPSHOT_CHUNKS_PER_TICK: u32 = 2;
+/// Unacknowledged chunks in flight per simulated snapshot transfer (flow control).
+pub const SIM_SNAPSHOT_WINDOW_CHUNKS: usize = 3;
+/// Chunks of one simulated snapshot at most (acknowledged as a 64-bit set).
+pub const SIM_SNAPSHOT_CHUNKS_MAX: u32 = 12;
+/// Ticks an unacknowledged chunk waits before it is sent again.
+pub const SIM_SNAPSHOT_RESEND_TICKS: u64 = 4;
+/// Ticks without a newly acknowledged chunk after which a transfer is reported failed.
+pub const SIM_SNAPSHOT_STALL_TICKS: u64 = 30;
 
 const _: () = assert!(SIM_TICK_UNITS >= 2);
+const _: () = assert!(SIM_SNAPSHOT_CHUNKS_MAX >= 2 && SIM_SNAPSHOT_CHUNKS_MAX <= 64);
+const _: () = assert!(SIM_SNAPSHOT_CHUNKS_PER_TICK > 0 && SIM_SNAPSHOT_WINDOW_CHUNKS > 0);
+const _: () = assert!(SIM_SNAPSHOT_RESEND_TICKS < SIM_SNAPSHOT_STALL_TICKS);
 const _: () = assert!(SIM_LIVENESS_TICKS_MAX > 4 * ELECTION_TIMEOUT_TICKS_DEFAULT as u64);
 
 /// Largest payload of one node-to-node frame: a `Batch` estimated at `BATCH_BYTES_MAX` plus

@@ -180,6 +180,10 @@ struct SimArgs {
     /// Draw every seed from the term-churn fault profile instead of the mix.
     #[arg(long)]
     churn: bool,
+    /// Take a snapshot and compact the log every N applied entries (0: never); by default
+    /// each seed draws N.
+    #[arg(long)]
+    snapshot_every: Option<u64>,
     /// Print every event of the run (with `--seed`).
     #[arg(long)]
     trace: bool,
@@ -396,6 +400,7 @@ fn sim(args: &SimArgs) -> anyhow::Result<()> {
     template.safety_ticks = args.ticks;
     template.trace = args.trace && args.seed.is_some();
     template.churn = args.churn;
+    template.snapshot_every = args.snapshot_every;
     if let Some(seed) = args.seed {
         println!("seed {seed}");
         let report = run_seed(SimConfig { seed, ..template })?;
@@ -418,10 +423,13 @@ fn sim(args: &SimArgs) -> anyhow::Result<()> {
         jobs: args.jobs,
         failures_max: args.failures_max,
     };
+    let snapshot_every = args
+        .snapshot_every
+        .map_or_else(String::new, |every| format!(" --snapshot-every {every}"));
     let print_failure = |error: &SimError| {
         println!("FAILED {error}");
         println!(
-            "  replay: ringraft sim --seed {} --nodes {} --groups {} --ticks {}{}",
+            "  replay: ringraft sim --seed {} --nodes {} --groups {} --ticks {}{}{snapshot_every}",
             error.seed(),
             args.nodes,
             args.groups,
@@ -431,12 +439,14 @@ fn sim(args: &SimArgs) -> anyhow::Result<()> {
     };
     let summary = run_seeds(template, sweep, &print_failure);
     println!(
-        "{} seeds run, {} failed; {} entries committed, {} elections, {} crashes",
+        "{} seeds run, {} failed; {} entries committed, {} elections, {} crashes, {} snapshots \
+         installed",
         summary.seeds_run,
         summary.failures.len(),
         summary.committed_entries,
         summary.elections,
-        summary.crashes
+        summary.crashes,
+        summary.snapshots_installed
     );
     if let Some(first) = summary.failures.first() {
         anyhow::bail!(

@@ -18,7 +18,7 @@ use ringraft::ids::{EntryId, GroupId, LogIndex, NodeId, Ticks};
 use ringraft::prng::Prng;
 use ringraft::raft::{
     AppendResponse, Entry, EntryKind, HardState, Membership, Message, MessageBody, Persist,
-    RaftConfig, RaftNode, ReadContext, Ready, RestoredState,
+    RaftConfig, RaftNode, ReadContext, Ready, RestoredState, SnapshotMeta, SnapshotStatus,
 };
 
 /// One command of a script, with the transcript it is expected to produce.
@@ -83,28 +83,68 @@ fn render_script(cases: &[Case], outputs: &[Vec<String>]) -> String {
     text
 }
 
-/// What the in-memory disk of one test node holds.
+/// What the in-memory disk of one test node holds: a snapshot (its state machine data is
+/// implied: the harness checks only the log) and the entries after it.
 #[derive(Default)]
 struct TestDisk {
     hard_state: HardState,
+    snapshot: Option<SnapshotMeta>,
+    /// Entries after the snapshot: the first one has index `snapshot_index() + 1`.
     entries: Vec<Entry>,
 }
 
 impl TestDisk {
+    fn snapshot_index(&self) -> LogIndex {
+        self.snapshot
+            .as_ref()
+            .map_or(LogIndex::ZERO, |snapshot| snapshot.last.index)
+    }
+
     fn last_index(&self) -> LogIndex {
-        LogIndex(self.entries.len() as u64)
+        self.snapshot_index().plus(self.entries.len() as u64)
+    }
+
+    fn last_id(&self) -> EntryId {
+        match (self.entries.last(), &self.snapshot) {
+            (Some(entry), _) => entry.id,
+            (None, Some(snapshot)) => snapshot.last,
+            (None, None) => EntryId::ZERO,
+        }
+    }
+
+    /// Position in `entries` of entry `index` (which must be after the snapshot).
+    fn position(&self, index: LogIndex) -> usize {
+        (index.get() - self.snapshot_index().get() - 1) as usize
+    }
+
+    /// Thesis §5.1: entries after the snapshot stay if the log holds its last entry.
+    fn set_snapshot(&mut self, snapshot: &SnapshotMeta) {
+        let last = snapshot.last;
+        let holds_last = last.index > self.snapshot_index()
+            && last.index <= self.last_index()
+            && self.entries[self.position(last.index)].id == last;
+        if holds_last {
+            let through = self.position(last.index) + 1;
+            self.entries.drain(..through);
+        } else {
+            self.entries.clear();
+        }
+        self.snapshot = Some(snapshot.clone());
     }
 
     fn write(&mut self, persist: &Persist) {
+        if let Some(snapshot) = &persist.snapshot {
+            self.set_snapshot(snapshot);
+        }
         if let Some(first) = persist.entries.first() {
-            let keep = first.index().get() - 1;
             assert!(
-                keep <= self.entries.len() as u64,
-                "write at {} leaves a gap after {}",
+                first.index() > self.snapshot_index() && first.index() <= self.last_index().next(),
+                "write at {} leaves a gap after {} (or lands in the snapshot)",
                 first.index(),
                 self.last_index()
             );
-            self.entries.truncate(keep as usize);
+            let keep = self.position(first.index());
+            self.entries.truncate(keep);
             self.entries.extend(persist.entries.iter().cloned());
         }
         if let Some(hard_state) = persist.hard_state {
@@ -225,6 +265,7 @@ impl Env {
             }
             "drop-msgs" => self.drop_messages(&args, &mut out)?,
             "duplicate-msgs" => self.duplicate_messages(&args, &mut out)?,
+            "delay-msgs" => self.delay_messages(&args, &mut out)?,
             "stabilize" => self.stabilize(&args, &mut out)?,
             "partition" => self.partition(&args, &mut out)?,
             "heal" => {
@@ -237,11 +278,48 @@ impl Env {
                     self.status(id, &mut out)?;
                 }
             }
+            "compact" => {
+                let id = self.node_arg(&args, 0)?;
+                let index: u64 = named_or(&args, 1, 0)?;
+                let node = self.node(id)?;
+                match node.raft.compact(LogIndex(index)) {
+                    Ok(()) => {
+                        // The caller's snapshot is durable before it compacts.
+                        if let Some(snapshot) = node.raft.snapshot()
+                            && snapshot.last.index > node.disk.snapshot_index()
+                        {
+                            node.disk.set_snapshot(&snapshot);
+                        }
+                        let snapshot = node
+                            .raft
+                            .snapshot()
+                            .map_or_else(|| "none".to_string(), |s| s.last.to_string());
+                        out.push(format!("{id}: snapshot at {snapshot}"));
+                    }
+                    Err(error) => out.push(format!("refused: {error}")),
+                }
+            }
+            "report-snapshot" => {
+                let id = self.node_arg(&args, 0)?;
+                let to = self.node_arg(&args, 1)?;
+                let status = match args.get(2).copied() {
+                    Some("finished") => SnapshotStatus::Finished,
+                    Some("failed") => SnapshotStatus::Failed,
+                    other => {
+                        return Err(format!("report-snapshot ID TO finished|failed: {other:?}"));
+                    }
+                };
+                self.node(id)?.raft.report_snapshot(to, status);
+                out.push("ok".into());
+            }
             "raft-log" => {
                 let id = self.node_arg(&args, 0)?;
                 let node = self.node(id)?;
                 let hard_state = node.disk.hard_state;
                 out.push(format!("{id}: durable {}", show_hard_state(hard_state)));
+                if let Some(snapshot) = &node.disk.snapshot {
+                    out.push(format!("  snapshot last={}", snapshot.last));
+                }
                 for entry in &node.disk.entries {
                     out.push(format!("  {}", show_entry(entry)));
                 }
@@ -343,6 +421,9 @@ impl Env {
         }
         if let Some(persist) = &persist {
             out.push(format!("  persist #{}:", persist.position.0));
+            if let Some(snapshot) = &persist.snapshot {
+                out.push(format!("    snapshot last={}", snapshot.last));
+            }
             if let Some(hard_state) = persist.hard_state {
                 out.push(format!("    {}", show_hard_state(hard_state)));
             }
@@ -373,8 +454,10 @@ impl Env {
             node.raft.on_applied(last.index());
         }
         if let Some(fetch) = fetch {
-            let from = (fetch.first.get() as usize).saturating_sub(1);
-            let to = (fetch.last.get() as usize).min(node.disk.entries.len());
+            let offset = node.disk.snapshot_index().get();
+            let from = fetch.first.get().saturating_sub(offset + 1) as usize;
+            let to =
+                (fetch.last.get().saturating_sub(offset) as usize).min(node.disk.entries.len());
             let entries = node.disk.entries.get(from..to).unwrap_or_default().to_vec();
             out.push(format!(
                 "  fetch [{}, {}]: read {} entries from disk",
@@ -408,7 +491,7 @@ impl Env {
             }
             released.extend(messages);
         }
-        let last = node.disk.entries.last().map_or(EntryId::ZERO, |e| e.id);
+        let last = node.disk.last_id();
         match position {
             Some(position) => {
                 out.push(format!(
@@ -487,6 +570,31 @@ impl Env {
         Ok(())
     }
 
+    /// The network delays messages: the first `count` matching in-flight messages move
+    /// behind every other one.
+    fn delay_messages(&mut self, args: &[&str], out: &mut Output) -> Result<(), String> {
+        let from = option(args, "from")?.map(NodeId);
+        let to = option(args, "to")?.map(NodeId);
+        let count = option(args, "count")?.map_or(usize::MAX, |n| n as usize);
+        let mut delayed = Vec::new();
+        let mut kept = Vec::new();
+        for message in std::mem::take(&mut self.in_flight) {
+            let matches =
+                from.is_none_or(|f| message.from == f) && to.is_none_or(|t| message.to == t);
+            if matches && delayed.len() < count {
+                delayed.push(message);
+            } else {
+                kept.push(message);
+            }
+        }
+        for message in &delayed {
+            out.push(format!("delayed: {}", show_message(message)));
+        }
+        kept.extend(delayed);
+        self.in_flight = kept;
+        Ok(())
+    }
+
     /// Run every node's Ready, sync and delivery until nothing moves (etcd's `stabilize`).
     fn stabilize(&mut self, args: &[&str], out: &mut Output) -> Result<(), String> {
         let ids = self.node_list(args)?;
@@ -540,19 +648,25 @@ impl Env {
         let lost = node.pending.len();
         node.pending.clear();
         node.restarts += 1;
+        // The state machine restarts from the snapshot, if any.
         let restored = RestoredState {
             hard_state: node.disk.hard_state,
             membership,
-            snapshot: None,
+            snapshot: node.disk.snapshot.clone(),
             term_runs: node.disk.term_runs(),
             last_index: node.disk.last_index(),
-            applied: LogIndex::ZERO,
+            applied: node.disk.snapshot_index(),
         };
         let prng = Prng::new(id.get() + 1000 * node.restarts);
         node.raft = RaftNode::new(node.config.clone(), restored, prng);
-        node.applied = LogIndex::ZERO;
+        node.applied = node.disk.snapshot_index();
+        let from_snapshot = node
+            .disk
+            .snapshot
+            .as_ref()
+            .map_or_else(String::new, |s| format!(" and snapshot {}", s.last));
         out.push(format!(
-            "{id}: restarted from {} (lost {lost} unsynced writes)",
+            "{id}: restarted from {}{from_snapshot} (lost {lost} unsynced writes)",
             show_hard_state(node.disk.hard_state)
         ));
         Ok(())
@@ -564,8 +678,13 @@ impl Env {
         let leader = status
             .leader
             .map_or_else(|| "none".to_string(), |leader| leader.to_string());
+        let compacted = if status.compacted > LogIndex::ZERO {
+            format!(" compacted={}", status.compacted)
+        } else {
+            String::new()
+        };
         out.push(format!(
-            "{id}: {:?} term={} leader={leader} last={} commit={} applied={} persisted={}",
+            "{id}: {:?} term={} leader={leader} last={} commit={} applied={} persisted={}{compacted}",
             status.role, status.term, status.last, status.commit, status.applied, status.persisted
         ));
         Ok(())

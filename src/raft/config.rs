@@ -47,6 +47,9 @@ pub enum Canary {
     CommitOldTermEntries,
     /// Grant votes at once and never persist them (breaks §5.2 one vote per term on restart).
     VoteNotPersisted,
+    /// Acknowledge a received snapshot before it is durable (breaks "followers acknowledge
+    /// only durable state", thesis §5).
+    SnapshotAckedBeforePersist,
 }
 
 impl RaftConfig {
@@ -107,8 +110,9 @@ impl RaftConfig {
 pub struct RestoredState {
     pub hard_state: HardState,
     pub membership: Membership,
-    /// Snapshots are filled in by a later issue; a restored snapshot only sets where the log
-    /// starts (its last entry is the log's first "previous" entry).
+    /// The newest durable snapshot (thesis §5): the log starts after its last entry, and the
+    /// commit index is at least that entry's index. `applied` must be at least its index
+    /// too: the caller restored the state machine from it.
     pub snapshot: Option<SnapshotMeta>,
     /// The first entry of each run of equal terms, ascending; empty when the log is empty.
     pub term_runs: Vec<EntryId>,

@@ -36,7 +36,9 @@ impl RaftNode {
             }
             // A granted pre-vote comes back with the term the pre-candidate asked about.
             MessageBody::PreVoteResponse { granted: true } => true,
-            MessageBody::Append { .. } | MessageBody::Heartbeat { .. } => {
+            MessageBody::Append { .. }
+            | MessageBody::Heartbeat { .. }
+            | MessageBody::InstallSnapshot { .. } => {
                 self.become_follower(message.term, Some(message.from));
                 true
             }
@@ -57,7 +59,9 @@ impl RaftNode {
     /// newer term so it steps down, and a pre-candidate learns why it was refused.
     pub(crate) fn answer_stale(&mut self, message: &Message) {
         match message.body {
-            MessageBody::Append { .. } | MessageBody::Heartbeat { .. }
+            MessageBody::Append { .. }
+            | MessageBody::Heartbeat { .. }
+            | MessageBody::InstallSnapshot { .. }
                 if self.config.check_quorum || self.config.pre_vote =>
             {
                 let required = self.term_vote_requirement();
@@ -88,6 +92,10 @@ impl RaftNode {
                 self.heard_from_leader(from);
                 self.handle_heartbeat(from, commit, read_round);
             }
+            MessageBody::InstallSnapshot { snapshot } => {
+                self.heard_from_leader(from);
+                self.handle_install_snapshot(from, snapshot);
+            }
             MessageBody::PreVote { last } => self.handle_pre_vote(message.from, message.term, last),
             MessageBody::Vote { last, .. } => self.handle_vote(message.from, last),
             // Thesis §3.10: campaign at once, skipping pre-vote and the lease.
@@ -116,7 +124,9 @@ impl RaftNode {
 
     pub(crate) fn step_candidate(&mut self, message: Message) {
         match message.body {
-            MessageBody::Append { .. } | MessageBody::Heartbeat { .. } => {
+            MessageBody::Append { .. }
+            | MessageBody::Heartbeat { .. }
+            | MessageBody::InstallSnapshot { .. } => {
                 // §5.2: a leader of this term exists; return to follower.
                 self.become_follower(message.term, Some(message.from));
                 self.step_follower(message);
@@ -311,6 +321,13 @@ impl RaftNode {
             return;
         };
         state.heartbeat_elapsed_ticks += 1;
+        for progress in &mut state.progress {
+            if progress.snapshot_backoff_ticks > 0 {
+                progress.snapshot_backoff_ticks -= 1;
+                // A follower that waited for the backoff may be offered the snapshot now.
+                state.appends_dirty |= progress.snapshot_backoff_ticks == 0;
+            }
+        }
         if state.heartbeat_elapsed_ticks >= heartbeat_interval {
             state.heartbeat_elapsed_ticks = 0;
             state.heartbeat_due = true;

@@ -3,15 +3,21 @@
 
 use thiserror::Error;
 
-use crate::ids::{EntryId, NodeId};
+use crate::ids::{EntryId, LogIndex, NodeId, Term};
 
 /// `RaftNode::step` refused a message; the node's state is unchanged.
 #[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
 pub enum StepError {
     #[error("message for node {to} delivered to node {id}")]
     WrongRecipient { to: NodeId, id: NodeId },
-    #[error("snapshot install is not supported yet (later issue); message from {from}")]
-    SnapshotUnsupported { from: NodeId },
+    #[error(
+        "snapshot from {from} in term {term} ends at {last} (or names another membership), which no leader could send"
+    )]
+    MalformedSnapshot {
+        from: NodeId,
+        term: Term,
+        last: EntryId,
+    },
     #[error("append after {prev} from {from}: entry at position {position} has id {entry}")]
     MalformedAppend {
         from: NodeId,
@@ -55,4 +61,11 @@ pub enum TransferError {
     NotAVoter { target: NodeId },
     #[error("a transfer to {target} is already in progress")]
     InProgress { target: NodeId },
+}
+
+/// `RaftNode::compact` refused to fold entries into a snapshot; nothing changed.
+#[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
+pub enum CompactError {
+    #[error("compaction to {index} is beyond the applied index {applied}")]
+    BeyondApplied { index: LogIndex, applied: LogIndex },
 }

@@ -387,8 +387,11 @@ impl RaftLog {
     }
 
     /// Keep fetched entries as the window if they are contiguous and match this log's terms;
-    /// returns whether any were kept.
-    pub fn set_window(&mut self, entries: Vec<Entry>) -> bool {
+    /// returns whether any were kept. Entries a compaction folded into the snapshot since the
+    /// fetch was asked for are skipped.
+    pub fn set_window(&mut self, mut entries: Vec<Entry>) -> bool {
+        let compacted = self.before_first.index;
+        entries.retain(|entry| entry.index() > compacted);
         let contiguous = entries
             .windows(2)
             .all(|pair| pair[1].index() == pair[0].index().next());
@@ -398,6 +401,93 @@ impl RaftLog {
         }
         self.window = entries;
         true
+    }
+}
+
+impl RaftLog {
+    /// Fold every entry up to `index` into a snapshot the caller holds durably (thesis §5):
+    /// their terms, tail and window entries are forgotten, the term of `index` itself is
+    /// kept, and nothing at or below it is ever asked for again. The entries after it stay.
+    pub fn compact(&mut self, index: LogIndex) {
+        assert!(
+            index > self.before_first.index && index <= self.written,
+            "log compact: index {index} outside ({}, written {}]",
+            self.before_first.index,
+            self.written
+        );
+        let Some(term) = self.term_at(index) else {
+            panic!(
+                "log compact: no term for {index} in ({}, {}]",
+                self.before_first, self.last
+            )
+        };
+        self.fold_into_snapshot(EntryId::new(term, index));
+        // The snapshot is durable, so everything it covers is.
+        self.persisted = self.persisted.max(index);
+    }
+
+    /// Install a snapshot ending at `last` received from the leader (thesis §5.1): if this
+    /// log holds `last`, the entries after it are kept; otherwise the whole log is
+    /// discarded. Entries after `commit` that were written or durable count as replaced.
+    /// The snapshot becomes durable with the next persist, whose reach covers `last`.
+    pub fn install_snapshot(&mut self, last: EntryId, commit: LogIndex) {
+        assert!(
+            last.index > commit && commit >= self.before_first.index,
+            "log install: snapshot {last} not past commit {commit} (log starts after {})",
+            self.before_first
+        );
+        if self.matches(last) {
+            self.fold_into_snapshot(last);
+            self.written = self.written.max(last.index);
+            return;
+        }
+        self.term_runs.clear();
+        self.tail.clear();
+        self.tail_bytes = 0;
+        self.window = Vec::new();
+        self.before_first = last;
+        self.last = last;
+        // Nothing after the commit index of the old log survives; what was durable of it is
+        // superseded, and the snapshot's own persist reaches `last`.
+        self.persisted = self.persisted.min(commit);
+        for (_, reach) in &mut self.in_flight {
+            *reach = (*reach).min(commit);
+        }
+        self.written = last.index;
+    }
+
+    /// Forget every entry up to `new_first` (which this log holds) and start after it.
+    fn fold_into_snapshot(&mut self, new_first: EntryId) {
+        let index = new_first.index;
+        let kept_from = self.term_runs.partition_point(|run| run.index <= index);
+        let next_term = self.term_at(index.next());
+        self.term_runs.drain(..kept_from);
+        if let Some(term) = next_term
+            && self
+                .term_runs
+                .first()
+                .is_none_or(|run| run.index > index.next())
+        {
+            self.term_runs.insert(0, EntryId::new(term, index.next()));
+        }
+        while self
+            .tail
+            .front()
+            .is_some_and(|entry| entry.index() <= index)
+        {
+            if let Some(entry) = self.tail.pop_front() {
+                self.tail_bytes -= entry.size_bytes();
+            }
+        }
+        self.window.retain(|entry| entry.index() > index);
+        self.before_first = new_first;
+        let expected_first = (self.last.index > index).then(|| index.next());
+        assert!(
+            self.term_runs.first().map(|run| run.index) == expected_first,
+            "log: runs {:?} do not start right after the snapshot {new_first} (last {})",
+            self.term_runs.first(),
+            self.last
+        );
     }
 }
 
@@ -505,5 +595,60 @@ mod tests {
         log.push(entry(3, 3));
         assert_eq!(log.term_at(LogIndex(3)), Some(Term(3)));
         assert_eq!(log.take_unwritten().len(), 1);
+    }
+
+    #[test]
+    fn compaction_keeps_the_term_of_its_index_and_later_runs() {
+        // Thesis §5: entries up to the snapshot are forgotten, but term_at(index) still
+        // answers, and the runs after it start right after the snapshot.
+        let mut log = log_with_terms(&[1, 1, 2, 2, 2, 5]);
+        log.take_unwritten();
+        log.compact(LogIndex(4));
+        assert_eq!(log.before_first(), EntryId::new(Term(2), LogIndex(4)));
+        assert_eq!(log.term_at(LogIndex(4)), Some(Term(2)));
+        assert_eq!(log.term_at(LogIndex(3)), None);
+        assert_eq!(log.term_at(LogIndex(5)), Some(Term(2)));
+        assert_eq!(log.term_at(LogIndex(6)), Some(Term(5)));
+        assert_eq!(log.entry(LogIndex(4)), None);
+        assert_eq!(
+            log.entries(LogIndex(4), LogIndex(6), (10, 100)),
+            Err(Missing(LogIndex(4)))
+        );
+        assert_eq!(
+            log.entries(LogIndex(5), LogIndex(6), (10, 100))
+                .map(|e| e.len()),
+            Ok(2)
+        );
+        assert_eq!(log.persisted(), LogIndex(4));
+        log.compact(LogIndex(6));
+        assert_eq!(log.term_at(LogIndex(6)), Some(Term(5)));
+        assert_eq!(log.last(), EntryId::new(Term(5), LogIndex(6)));
+        // A fetched window of entries compaction folded in is not kept.
+        assert!(!log.set_window(vec![entry(2, 5)]));
+    }
+
+    #[test]
+    fn install_keeps_a_matching_suffix_and_discards_a_conflicting_log() {
+        // Thesis §5.1: a log holding the snapshot's last entry keeps what follows it; a log
+        // that conflicts there is discarded, durable suffix included.
+        let mut matching = log_with_terms(&[1, 1, 2, 2]);
+        matching.take_unwritten();
+        matching.install_snapshot(EntryId::new(Term(1), LogIndex(2)), LogIndex(1));
+        assert_eq!(matching.last(), EntryId::new(Term(2), LogIndex(4)));
+        assert_eq!(matching.term_at(LogIndex(3)), Some(Term(2)));
+        assert_eq!(matching.before_first(), EntryId::new(Term(1), LogIndex(2)));
+
+        let mut conflicting = log_with_terms(&[1, 1, 2, 2]);
+        conflicting.take_unwritten();
+        conflicting.persist_sent(PersistPosition(1));
+        conflicting.persisted_to(PersistPosition(1));
+        conflicting.install_snapshot(EntryId::new(Term(3), LogIndex(3)), LogIndex(1));
+        assert_eq!(conflicting.last(), EntryId::new(Term(3), LogIndex(3)));
+        assert_eq!(conflicting.term_at(LogIndex(4)), None);
+        assert_eq!(conflicting.persisted(), LogIndex(1));
+        assert_eq!(conflicting.written(), LogIndex(3));
+        assert!(conflicting.take_unwritten().is_empty());
+        conflicting.push(entry(3, 4));
+        assert_eq!(conflicting.take_unwritten().len(), 1);
     }
 }

@@ -3,8 +3,8 @@
 //! `Ready`. It performs no I/O, reads no clock, owns no global RNG and is not async; time
 //! arrives as `tick()`, randomness as a seeded `Prng`.
 //!
-//! Snapshot install and membership change have their places in the types but are a later
-//! issue: `step` answers `InstallSnapshot` with `StepError::SnapshotUnsupported`, and
+//! Snapshots carry metadata only (thesis §5, see `snapshot.rs`): the state machine's bytes
+//! are the caller's. Membership change has its place in the types but is a later issue:
 //! membership entries received from a leader are stored and applied like any other entry
 //! without changing the configuration.
 
@@ -17,6 +17,7 @@ mod progress;
 pub mod quorum;
 mod read_index;
 mod replication;
+mod snapshot;
 #[cfg(test)]
 mod tests;
 pub mod types;

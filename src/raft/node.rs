@@ -20,6 +20,10 @@
 //!   follower's forwarded read that the leader cannot serve is likewise dropped.
 //! - Entries not in memory are requested through `Ready::fetch` and answered by
 //!   `on_fetched`; `step` never waits for them.
+//! - Snapshots (thesis §5): the caller compacts with `compact` once it holds a durable
+//!   snapshot; a leader offers `InstallSnapshot` to a follower whose next entry is compacted
+//!   and hears how the transfer ended through `report_snapshot`; a follower's installed
+//!   snapshot comes out as `Persist::snapshot`, and applied jumps to it at `on_persisted`.
 
 use std::collections::VecDeque;
 
@@ -48,6 +52,8 @@ pub struct Status {
     pub applied: LogIndex,
     pub last: EntryId,
     pub persisted: LogIndex,
+    /// Every entry up to here is folded into a snapshot (zero without one).
+    pub compacted: LogIndex,
 }
 
 /// Votes received in one election, as bitsets over the positions of the voters.
@@ -141,6 +147,14 @@ pub struct RaftNode {
     pub(crate) fetch_in_flight: bool,
     pub(crate) fetch_wanted: Option<LogIndex>,
     pub(crate) fetch_backoff_ticks: u32,
+    /// A received snapshot (the one the log now starts after) is not yet handed out in a
+    /// persist. The newest snapshot itself is not stored: its last entry is where the log
+    /// starts and its membership is the group's (kept small for idle groups).
+    pub(crate) snapshot_unsent: bool,
+    /// A received snapshot was handed out in the persist at this position and is not yet
+    /// durable. No compaction can happen meanwhile (it is beyond applied), so the log still
+    /// starts after it.
+    pub(crate) snapshot_pending: Option<PersistPosition>,
 }
 
 impl RaftNode {
@@ -161,13 +175,16 @@ impl RaftNode {
             config.group,
             membership.voters.len()
         );
+        // The snapshot's membership is the group's (membership change is a later issue).
         let before_first = snapshot.map_or(EntryId::ZERO, |snapshot| snapshot.last);
         let log = RaftLog::restore(before_first, term_runs, last_index);
+        // A snapshot holds only committed entries, though the hard state that said so may
+        // not have been durable when it was taken.
+        let commit = hard_state.commit.max(before_first.index);
         assert!(
-            applied <= hard_state.commit && hard_state.commit <= last_index,
-            "group {}: restored applied {applied}, commit {}, last {last_index} out of order",
-            config.group,
-            hard_state.commit
+            applied <= commit && commit <= last_index,
+            "group {}: restored applied {applied}, commit {commit}, last {last_index} out of order",
+            config.group
         );
         assert!(
             applied >= before_first.index,
@@ -188,7 +205,7 @@ impl RaftNode {
             leader: None,
             role: Role::Follower,
             log,
-            commit: hard_state.commit,
+            commit,
             applied,
             apply_sent: applied,
             election_elapsed_ticks: 0,
@@ -205,6 +222,8 @@ impl RaftNode {
             fetch_in_flight: false,
             fetch_wanted: None,
             fetch_backoff_ticks: 0,
+            snapshot_unsent: false,
+            snapshot_pending: None,
         };
         node.reset_election_timer();
         node
@@ -260,8 +279,20 @@ impl RaftNode {
                 id: self.config.id,
             });
         }
-        if let MessageBody::InstallSnapshot { .. } = message.body {
-            return Err(StepError::SnapshotUnsupported { from: message.from });
+        if let MessageBody::InstallSnapshot { snapshot } = &message.body {
+            // A leader only offers a snapshot of committed entries of its term or earlier, of
+            // this group's membership (membership change is a later issue).
+            let last = snapshot.last;
+            if last.index == LogIndex::ZERO
+                || last.term > message.term
+                || snapshot.membership != self.membership
+            {
+                return Err(StepError::MalformedSnapshot {
+                    from: message.from,
+                    term: message.term,
+                    last,
+                });
+            }
         }
         if let MessageBody::Append { prev, entries, .. } = &message.body {
             self.validate_append(message.from, message.term, *prev, entries)?;
@@ -481,6 +512,7 @@ impl RaftNode {
             applied: self.applied,
             last: self.log.last(),
             persisted: self.log.persisted(),
+            compacted: self.log.before_first().index,
         }
     }
 
@@ -526,7 +558,8 @@ impl RaftNode {
         if index <= self.log.persisted() {
             return term_vote;
         }
-        let has_unwritten = self.log.last().index > self.log.written();
+        // A received snapshot not yet handed out makes its whole prefix unwritten too.
+        let has_unwritten = self.log.last().index > self.log.written() || self.snapshot_unsent;
         let entries = if has_unwritten {
             PersistPosition(self.position_sent.0 + 1)
         } else {
@@ -574,6 +607,7 @@ impl RaftNode {
 
     pub fn has_ready(&self) -> bool {
         if self.soft_state() != self.soft_state_sent
+            || self.snapshot_unsent
             || self.log.last().index > self.log.written()
             || self.hard_state() != self.hard_state_sent
             || !self.messages.is_empty()
@@ -588,7 +622,7 @@ impl RaftNode {
         {
             return true;
         }
-        if self.apply_sent < self.commit {
+        if self.apply_sent < self.commit && !self.snapshot_install_in_progress() {
             let next = self.apply_sent.next();
             if self.log.entry(next).is_some() || self.can_fetch() {
                 return true;
@@ -633,7 +667,7 @@ impl RaftNode {
         let entries = self.log.take_unwritten();
         let hard_state = self.hard_state();
         let hard_state_changed = hard_state != self.hard_state_sent;
-        if entries.is_empty() && !hard_state_changed {
+        if entries.is_empty() && !hard_state_changed && !self.snapshot_unsent {
             while let Some((required, _)) = self.deferred.front() {
                 if *required > self.position_durable {
                     break;
@@ -647,6 +681,7 @@ impl RaftNode {
         let position = PersistPosition(self.position_sent.0 + 1);
         self.position_sent = position;
         self.log.persist_sent(position);
+        let snapshot = self.snapshot_persist_sent(position);
         if hard_state_changed {
             self.hard_state_sent = hard_state;
         }
@@ -667,12 +702,15 @@ impl RaftNode {
             position,
             entries,
             hard_state: hard_state_changed.then_some(hard_state),
-            snapshot: None,
+            snapshot,
         });
     }
 
     /// Committed entries, up to the commit index already handed out in a hard state.
     fn collect_committed(&mut self, ready: &mut Ready) {
+        if self.snapshot_install_in_progress() {
+            return;
+        }
         let apply_last = self
             .commit
             .min(self.hard_state_sent.commit)
@@ -748,6 +786,7 @@ impl RaftNode {
         }
         self.position_durable = position;
         self.log.persisted_to(position);
+        self.snapshot_persisted(position);
         if matches!(self.role, Role::Leader(_)) {
             // The leader counts itself only once its own entries are durable (§10.2.1).
             self.maybe_commit();
@@ -757,6 +796,10 @@ impl RaftNode {
 
     /// The state machine applied every committed entry through `index`.
     pub fn on_applied(&mut self, index: LogIndex) {
+        // Entries handed out before a snapshot was installed past them may be reported late.
+        if index < self.applied && self.log.before_first().index >= self.applied {
+            return;
+        }
         assert!(
             index >= self.applied && index <= self.apply_sent,
             "group {}: applied {index} outside [{}, {}] (handed out)",

@@ -1,8 +1,9 @@
 //! What a leader knows of one follower (thesis §3.5, etcd's Progress): the highest index
 //! known to match, the next index to send, whether it is probing (one append at a time,
 //! backing up on rejection) or replicating (optimistic pipelining within a window of
-//! in-flight appends bounded by count and bytes), and whether it was heard from recently
-//! (check-quorum, §6.2). Must not build messages or read the log.
+//! in-flight appends bounded by count and bytes) or waiting for a snapshot (thesis §5), and
+//! whether it was heard from recently (check-quorum, §6.2). Must not build messages or read
+//! the log.
 
 use std::collections::VecDeque;
 
@@ -14,6 +15,10 @@ pub(crate) enum ProgressState {
     Probe { paused: bool },
     /// Appends sent optimistically: `next` runs ahead of `matched`.
     Replicate,
+    /// A snapshot ending at `last` was offered (thesis §5): no appends and no probes until
+    /// the follower acknowledges at least `last` or the transfer is reported finished or
+    /// failed.
+    Snapshot { last: LogIndex },
 }
 
 /// Appends in flight to one follower: the last index of each and their bytes. The window
@@ -107,6 +112,9 @@ pub(crate) struct Progress {
     /// Heartbeats sent since the last acknowledgement while appends were in flight: too
     /// many means they were lost, and the follower goes back to probing.
     pub heartbeats_since_ack: u8,
+    /// Leader ticks before a snapshot may be offered to this follower again (bounds how
+    /// often a follower that keeps failing to install one costs a transfer).
+    pub snapshot_backoff_ticks: u32,
 }
 
 impl Progress {
@@ -126,6 +134,7 @@ impl Progress {
             matched_at_check: LogIndex::ZERO,
             read_round_acked: 0,
             heartbeats_since_ack: 0,
+            snapshot_backoff_ticks: 0,
         }
     }
 
@@ -134,8 +143,10 @@ impl Progress {
         std::mem::size_of::<Progress>() + self.inflights.memory_bytes()
     }
 
-    /// The follower acknowledged `index`; returns whether `matched` moved.
-    pub fn acknowledge(&mut self, index: LogIndex) -> bool {
+    /// The follower acknowledged `index`; returns whether `matched` moved. `compacted` is the
+    /// leader's last compacted index: a follower leaving the snapshot state below it is
+    /// probed (and offered a newer snapshot), at or above it replicated.
+    pub fn acknowledge(&mut self, index: LogIndex, compacted: LogIndex) -> bool {
         self.inflights.free_to(index);
         self.heartbeats_since_ack = 0;
         let moved = index > self.matched;
@@ -149,8 +160,32 @@ impl Progress {
             ProgressState::Probe { .. } if moved => self.become_replicate(),
             ProgressState::Probe { .. } => self.state = ProgressState::Probe { paused: false },
             ProgressState::Replicate => {}
+            // Thesis §5: the follower holds the snapshot (or caught up otherwise).
+            ProgressState::Snapshot { last } if self.matched >= last => {
+                if self.matched >= compacted {
+                    self.become_replicate();
+                } else {
+                    self.become_probe(self.matched.next());
+                }
+            }
+            ProgressState::Snapshot { .. } => {}
         }
         moved
+    }
+
+    /// A snapshot ending at `last` was offered: wait for it (no appends, no probes), and
+    /// offer none again for `backoff_ticks`.
+    pub fn become_snapshot(&mut self, last: LogIndex, backoff_ticks: u32) {
+        assert!(
+            last >= self.matched,
+            "progress of {}: snapshot at {last} below match {}",
+            self.node,
+            self.matched
+        );
+        self.state = ProgressState::Snapshot { last };
+        self.next = last.next();
+        self.inflights.clear();
+        self.snapshot_backoff_ticks = backoff_ticks;
     }
 
     pub fn become_probe(&mut self, next: LogIndex) {
@@ -195,11 +230,17 @@ impl Progress {
                 self.inflights.count() < inflight_appends_max
                     && self.inflights.bytes() < inflight_bytes_max
             }
+            ProgressState::Snapshot { .. } => false,
         }
     }
 
     /// An append reaching `last` with `bytes` of entries was sent.
     pub fn sent(&mut self, last: LogIndex, bytes: u64, entry_count: usize) {
+        assert!(
+            !matches!(self.state, ProgressState::Snapshot { .. }),
+            "progress of {}: append to {last} sent while a snapshot is pending",
+            self.node
+        );
         match self.state {
             ProgressState::Probe { .. } => self.state = ProgressState::Probe { paused: true },
             ProgressState::Replicate => {
@@ -208,6 +249,7 @@ impl Progress {
                     self.inflights.add(last, bytes);
                 }
             }
+            ProgressState::Snapshot { .. } => {}
         }
     }
 }
@@ -222,7 +264,7 @@ mod tests {
         let mut progress = Progress::new(NodeId(2), true, LogIndex(10));
         progress.sent(LogIndex(10), 8, 1);
         assert!(!progress.can_send(4, 100));
-        assert!(progress.acknowledge(LogIndex(10)));
+        assert!(progress.acknowledge(LogIndex(10), LogIndex::ZERO));
         assert_eq!(progress.state, ProgressState::Replicate);
         assert_eq!(progress.next, LogIndex(11));
         for last in 11..15 {
@@ -230,8 +272,32 @@ mod tests {
             progress.sent(LogIndex(last), 10, 1);
         }
         assert!(!progress.can_send(4, 100), "window of 4 appends is full");
-        progress.acknowledge(LogIndex(12));
+        progress.acknowledge(LogIndex(12), LogIndex::ZERO);
         assert_eq!(progress.inflights.count(), 2);
         assert!(progress.can_send(4, 100));
+    }
+
+    #[test]
+    fn snapshot_state_waits_for_an_ack_at_its_index() {
+        // Thesis §5: while a snapshot is pending nothing is sent; an ack below the snapshot
+        // changes nothing, one at or past it resumes replication (or probing, if the leader
+        // compacted past it meanwhile).
+        let mut progress = Progress::new(NodeId(2), true, LogIndex(3));
+        progress.become_snapshot(LogIndex(20), 10);
+        assert!(!progress.can_send(4, 100));
+        assert_eq!(progress.next, LogIndex(21));
+        assert!(progress.acknowledge(LogIndex(5), LogIndex(20)));
+        assert_eq!(
+            progress.state,
+            ProgressState::Snapshot { last: LogIndex(20) }
+        );
+        assert!(progress.acknowledge(LogIndex(20), LogIndex(20)));
+        assert_eq!(progress.state, ProgressState::Replicate);
+        assert_eq!(progress.next, LogIndex(21));
+        let mut behind = Progress::new(NodeId(3), true, LogIndex(3));
+        behind.become_snapshot(LogIndex(20), 10);
+        assert!(behind.acknowledge(LogIndex(20), LogIndex(30)));
+        assert_eq!(behind.state, ProgressState::Probe { paused: false });
+        assert_eq!(behind.next, LogIndex(21));
     }
 }

@@ -9,7 +9,7 @@ use crate::raft::log::{Missing, RaftLog};
 use crate::raft::node::{RaftNode, Role};
 use crate::raft::progress::{Progress, ProgressState};
 use crate::raft::quorum::majority_value;
-use crate::raft::types::{AppendResponse, Entry, Message, MessageBody};
+use crate::raft::types::{AppendResponse, Entry, Membership, Message, MessageBody, SnapshotMeta};
 
 /// Heartbeats without any acknowledgement while appends are in flight after which those
 /// appends count as lost and the follower is probed again.
@@ -25,6 +25,11 @@ struct AppendContext<'a> {
     bytes_max: u64,
     inflight_appends_max: usize,
     inflight_bytes_max: u64,
+    /// The snapshot offered to a follower whose next entry is compacted (thesis §5) ends
+    /// where the log starts and carries this membership.
+    membership: &'a Membership,
+    /// Leader ticks before the snapshot may be offered to the same follower again.
+    snapshot_backoff_ticks: u32,
 }
 
 impl RaftNode {
@@ -44,6 +49,8 @@ impl RaftNode {
             bytes_max: self.config.append_bytes_max,
             inflight_appends_max: self.config.inflight_appends_max,
             inflight_bytes_max: self.config.inflight_bytes_max,
+            membership: &self.membership,
+            snapshot_backoff_ticks: self.config.election_timeout_ticks.get(),
         };
         let read_round = if state.reads.is_empty() {
             None
@@ -128,6 +135,7 @@ impl RaftNode {
 
     fn handle_append_response(&mut self, from: NodeId, response: AppendResponse) {
         let last_index = self.log.last().index;
+        let compacted = self.log.before_first().index;
         let mut committed_moved = false;
         let mut trim = false;
         match response {
@@ -139,7 +147,7 @@ impl RaftNode {
                 if acked > last_index {
                     return;
                 }
-                if progress.acknowledge(acked) {
+                if progress.acknowledge(acked, compacted) {
                     committed_moved = progress.voter;
                     trim = true;
                 }
@@ -362,6 +370,10 @@ fn back_up(progress: &mut Progress, rejected: EntryId, conflict: EntryId) {
     if rejected.index <= progress.matched {
         return;
     }
+    // A rejection of an append sent before the snapshot was offered says nothing new.
+    if let ProgressState::Snapshot { .. } = progress.state {
+        return;
+    }
     if let ProgressState::Probe { .. } = progress.state
         && rejected.index.next() != progress.next
     {
@@ -373,6 +385,38 @@ fn back_up(progress: &mut Progress, rejected: EntryId, conflict: EntryId) {
         .min(rejected.index)
         .max(progress.matched.next());
     progress.become_probe(next);
+}
+
+/// Offer the snapshot to a follower whose next entry is compacted, at most once per backoff
+/// (an election timeout), and wait for it in the snapshot state.
+fn offer_snapshot(
+    context: &AppendContext<'_>,
+    progress: &mut Progress,
+    messages: &mut Vec<Message>,
+) {
+    if progress.snapshot_backoff_ticks > 0 {
+        return;
+    }
+    let last = context.log.before_first();
+    assert!(
+        last.index > LogIndex::ZERO,
+        "leader {}: follower {} needs entry {} that no snapshot covers",
+        context.from,
+        progress.node,
+        progress.next
+    );
+    messages.push(Message {
+        from: context.from,
+        to: progress.node,
+        term: context.term,
+        body: MessageBody::InstallSnapshot {
+            snapshot: SnapshotMeta {
+                last,
+                membership: context.membership.clone(),
+            },
+        },
+    });
+    progress.become_snapshot(last.index, context.snapshot_backoff_ticks);
 }
 
 /// Send what the window allows to one follower. Reports the first entry not in memory.
@@ -389,7 +433,8 @@ fn send_appends(
             break;
         };
         let Some(prev_term) = context.log.term_at(prev_index) else {
-            // Compacted away: needs a snapshot, which a later issue adds.
+            // Compacted away: the follower needs the snapshot (thesis §5).
+            offer_snapshot(context, progress, messages);
             break;
         };
         let entries = context.log.entries(
@@ -414,5 +459,32 @@ fn send_appends(
         });
         progress.sent(last, bytes, entry_count);
     }
+    probe_past_the_end(context, progress, messages);
     Ok(())
+}
+
+/// A follower probed from past the leader's last entry (after a snapshot transfer was
+/// reported finished, thesis §5) is asked with an empty append whether it holds that entry,
+/// so that its answer moves the leader on either way.
+fn probe_past_the_end(
+    context: &AppendContext<'_>,
+    progress: &mut Progress,
+    messages: &mut Vec<Message>,
+) {
+    let last = context.log.last();
+    let probing = progress.state == (ProgressState::Probe { paused: false });
+    if !probing || progress.next != last.index.next() || progress.matched >= last.index {
+        return;
+    }
+    messages.push(Message {
+        from: context.from,
+        to: progress.node,
+        term: context.term,
+        body: MessageBody::Append {
+            prev: last,
+            entries: Vec::new(),
+            commit: context.commit,
+        },
+    });
+    progress.sent(last.index, 0, 0);
 }

@@ -1350,3 +1350,35 @@ fn learners_receive_entries_but_neither_vote_nor_count() {
     assert_eq!(cluster.raft(4).status().term, term);
     assert_eq!(cluster.role(4), RoleKind::Follower);
 }
+
+#[test]
+fn snapshot_of_a_later_term_than_its_message_is_refused() {
+    // Thesis §5: a leader offers only a snapshot of committed entries, which are of its term
+    // or earlier; anything else is refused before it touches state.
+    let membership = Membership::new(vec![node(1), node(2), node(3)]);
+    let config = RaftConfig::new(node(2), GroupId(1));
+    let restored = RestoredState::bootstrap(membership.clone());
+    let mut raft = RaftNode::new(config, restored, Prng::new(seed()));
+    let snapshot = crate::raft::types::SnapshotMeta {
+        last: EntryId::new(Term(4), LogIndex(9)),
+        membership,
+    };
+    let offer = message(1, 2, 3, MessageBody::InstallSnapshot { snapshot });
+    let refused = raft.step(offer);
+    assert!(
+        matches!(
+            refused,
+            Err(crate::raft::errors::StepError::MalformedSnapshot { .. })
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(raft.status().term, Term(0));
+    assert_eq!(raft.status().commit, LogIndex::ZERO);
+    assert_eq!(
+        raft.compact(LogIndex(1)),
+        Err(crate::raft::errors::CompactError::BeyondApplied {
+            index: LogIndex(1),
+            applied: LogIndex::ZERO
+        })
+    );
+}

@@ -82,12 +82,24 @@ impl Membership {
     }
 }
 
-/// What a snapshot covers: every entry up to `last` is folded into it. Filled in by the
-/// snapshot issue; the place in the types is kept now.
+/// What a snapshot covers: every entry up to `last` is folded into it (thesis §5). The Raft
+/// core carries only this metadata; the state machine's bytes are the caller's to store and
+/// stream.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SnapshotMeta {
     pub last: EntryId,
     pub membership: Membership,
+}
+
+/// How the layer that streams a snapshot's data to a follower ended the transfer, reported to
+/// the leader with `RaftNode::report_snapshot` (etcd's ReportSnapshot).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotStatus {
+    /// Every chunk reached the follower: replication probes on from the snapshot's last entry.
+    Finished,
+    /// The transfer was dropped: the follower is probed again after a heartbeat round, which
+    /// offers the snapshot again if it is still needed.
+    Failed,
 }
 
 /// A caller-chosen tag that identifies one ReadIndex request (thesis §6.4).
@@ -158,8 +170,9 @@ pub enum MessageBody {
     },
     /// Thesis §3.10: start an election now, skipping pre-vote and the lease.
     TimeoutNow,
-    /// Thesis §5: the leader no longer has the entries this follower needs. Filled in by the
-    /// snapshot issue.
+    /// Thesis §5 (paper §7): the leader no longer has the entries this follower needs. The
+    /// layer around the core streams the snapshot's data and steps this message on the
+    /// receiver only once the whole snapshot is staged.
     InstallSnapshot {
         snapshot: SnapshotMeta,
     },
@@ -190,6 +203,11 @@ pub struct Persist {
     /// every persisted entry from that index on is replaced (conflicting suffix truncated).
     pub entries: Vec<Entry>,
     pub hard_state: Option<HardState>,
+    /// A snapshot received from the leader, to install before `entries`: the caller makes the
+    /// staged state machine data current and writes the snapshot mark (every entry up to
+    /// `last` folded in; a log that does not hold `last` is discarded, thesis §5.1) durably
+    /// before it calls `on_persisted`. The core never hands out committed entries past the
+    /// snapshot before then.
     pub snapshot: Option<SnapshotMeta>,
 }
 

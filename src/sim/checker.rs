@@ -1,7 +1,8 @@
 //! The invariant checkers of one Raft group, fed by the cluster as it observes the nodes:
 //! Election Safety (one leader per term, one vote per node and term), Log Matching, Leader
 //! Completeness, State Machine Safety (paper §5.4, Figure 3), durability of committed
-//! entries on a quorum, and linearizable ReadIndex (thesis §6.4).
+//! entries on a quorum (a snapshot that folds an entry in holds it), snapshots that agree
+//! with what was committed (thesis §5), and linearizable ReadIndex (thesis §6.4).
 //!
 //! This module owns what has been observed (leaders, votes, committed entries, pending
 //! reads) and judges it. It must not drive nodes or the network, and must not trust the
@@ -12,13 +13,16 @@ use std::collections::HashMap;
 use crate::ids::{EntryId, LogIndex, NodeId, Term};
 use crate::raft::{Entry, ReadContext, ReadState};
 
-use super::storage::{LogState, entry_digest};
+use super::storage::{LogState, SimSnapshot, chain_hash, entry_digest};
 
 /// An entry some node applied, so it is committed.
 #[derive(Clone, Copy, Debug)]
 struct CommittedEntry {
     id: EntryId,
     digest: u64,
+    /// The prefix hash of the committed log through this entry: what a snapshot of the
+    /// state machine at this index must carry.
+    chain: u64,
     /// An upper bound on the term in which it was committed: the lowest term any node was in
     /// when it applied the entry. A node learns a commit index from a leader of its own term
     /// or an earlier one, so leaders of later terms must hold the entry (§5.4.3).
@@ -105,7 +109,7 @@ impl GroupChecker {
         log: &LogState,
         first: LogIndex,
     ) -> Result<(), String> {
-        let mut index = first;
+        let mut index = first.max(log.snapshot_index().next());
         while index <= log.last_index() {
             let (Some(entry), Some(chain)) = (log.entry(index), log.chain_at(index)) else {
                 break;
@@ -129,9 +133,11 @@ impl GroupChecker {
         let digest = entry_digest(entry);
         let next = self.committed_index().next();
         if entry.index() == next {
+            let previous = self.committed.last().map_or(0, |committed| committed.chain);
             self.committed.push(CommittedEntry {
                 id: entry.id,
                 digest,
+                chain: chain_hash(previous, entry),
                 commit_term_bound: term,
             });
             return Ok(());
@@ -172,9 +178,7 @@ impl GroupChecker {
                 continue;
             }
             let held = log.entry(committed.id.index);
-            if held.is_none_or(|entry| {
-                entry.id != committed.id || entry_digest(entry) != committed.digest
-            }) {
+            if !self.holds(log, committed) {
                 return Err(format!(
                     "leader completeness: leader {leader} of term {term} lacks committed entry {} \
                      (committed by term {} at the latest); it holds {:?}",
@@ -195,11 +199,7 @@ impl GroupChecker {
         for committed in &self.committed {
             let holders = durable_logs
                 .clone()
-                .filter(|log| {
-                    log.entry(committed.id.index).is_some_and(|entry| {
-                        entry.id == committed.id && entry_digest(entry) == committed.digest
-                    })
-                })
+                .filter(|log| self.holds(log, committed))
                 .count();
             if holders < self.quorum {
                 return Err(format!(
@@ -208,6 +208,49 @@ impl GroupChecker {
                     committed.id, self.quorum
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// Whether `log` holds a committed entry: as that very entry, or folded into a snapshot
+    /// of the committed prefix that reaches it.
+    fn holds(&self, log: &LogState, committed: &CommittedEntry) -> bool {
+        if let Some(entry) = log.entry(committed.id.index) {
+            return entry.id == committed.id && entry_digest(entry) == committed.digest;
+        }
+        let Some(snapshot) = log.snapshot() else {
+            return false;
+        };
+        snapshot.last.index >= committed.id.index
+            && self
+                .committed_at(snapshot.last.index)
+                .is_some_and(|at| at.id == snapshot.last && at.chain == snapshot.chain)
+    }
+
+    /// State machines agree (§5.4.3, thesis §5): a snapshot a node takes or installs is the
+    /// state of the committed prefix through its last entry, which some node applied.
+    pub fn on_snapshot(&mut self, node: NodeId, snapshot: SimSnapshot) -> Result<(), String> {
+        let Some(at) = self.committed_at(snapshot.last.index) else {
+            return Err(format!(
+                "snapshot safety: node {node} holds a snapshot at {} but only {} entries were \
+                 ever applied",
+                snapshot.last,
+                self.committed_index()
+            ));
+        };
+        if at.id != snapshot.last || at.chain != snapshot.chain {
+            return Err(format!(
+                "snapshot safety: node {node} holds a snapshot at {} unlike the committed \
+                 prefix through {}",
+                snapshot.last, at.id
+            ));
+        }
+        let known = *self.chains.entry(snapshot.last).or_insert(snapshot.chain);
+        if known != snapshot.chain {
+            return Err(format!(
+                "log matching: node {node}'s snapshot at {} has a prefix unlike a log's",
+                snapshot.last
+            ));
         }
         Ok(())
     }

@@ -2,8 +2,12 @@
 //! durable log, joined by a simulated network, driven by a simulated clock, all drawn from
 //! one seed. It injects faults (loss, delay, duplication, reordering, symmetric and one-way
 //! partitions, crashes that drop unsynced writes, restarts from the durable log alone),
-//! issues client proposals and ReadIndex requests, and feeds every observation to the
-//! group checkers; then it heals everything and demands progress (the liveness phase).
+//! issues client proposals and ReadIndex requests, takes snapshots and compacts logs past a
+//! threshold of applied entries, streams snapshots to followers that need them in chunks
+//! (lost, delayed, reordered like any message; bandwidth-limited; reported finished or
+//! failed to the leader), crashes nodes while they stage or install one, and feeds every
+//! observation to the group checkers; then it heals everything and demands progress (the
+//! liveness phase).
 //!
 //! This module owns the event loop and the handling of `Ready` (the contract in
 //! `raft::types`). It must not reach into the core beyond its public API, must not read
@@ -12,18 +16,21 @@
 use bytes::Bytes;
 
 use crate::constants::{
-    SIM_LIVENESS_TICKS_MAX, SIM_LIVENESS_TICKS_PER_ENTRY, SIM_READY_ROUNDS_MAX, SIM_TICK_UNITS,
+    SIM_LIVENESS_TICKS_MAX, SIM_LIVENESS_TICKS_PER_ENTRY, SIM_READY_ROUNDS_MAX,
+    SIM_SNAPSHOT_CHUNKS_MAX, SIM_SNAPSHOT_CHUNKS_PER_TICK, SIM_SNAPSHOT_RESEND_TICKS,
+    SIM_SNAPSHOT_STALL_TICKS, SIM_SNAPSHOT_WINDOW_CHUNKS, SIM_TICK_UNITS,
 };
 use crate::ids::{EntryId, GroupId, LogIndex, NodeId, Term};
 use crate::prng::Prng;
 use crate::raft::{
     AppendResponse, Fetch, Membership, Message, MessageBody, RaftConfig, RaftNode, ReadContext,
-    Ready, RestoredState, RoleKind, SoftState,
+    Ready, RestoredState, RoleKind, SnapshotMeta, SnapshotStatus, SoftState,
 };
 
 use super::checker::GroupChecker;
-use super::network::{NetworkFaults, SimNetwork};
-use super::storage::SimStorage;
+use super::network::{NetworkFaults, Payload, SimNetwork};
+use super::storage::{SimSnapshot, SimStorage, chain_hash};
+use super::transfer::{ChunkAck, Incoming, Outgoing, OutgoingStart, SnapshotChunk};
 use super::{SimConfig, SimError, SimReport};
 
 /// Ticks between two checks that every committed entry is durable on a quorum (the check
@@ -53,10 +60,16 @@ struct Scenario {
     check_quorum: bool,
     append_entries_max: usize,
     inflight_appends_max: usize,
+    /// Applied entries past its snapshot after which a node may take a new one (0: never).
+    snapshot_every: u64,
+    /// Per tick, per thousand: crash a node that is staging or installing a snapshot.
+    snapshot_crash_per_mille: u64,
 }
 
 impl Scenario {
-    fn draw(prng: &mut Prng, churn: bool) -> Scenario {
+    fn draw(prng: &mut Prng, churn: bool, snapshot_every: Option<u64>) -> Scenario {
+        let snapshot_every_drawn = *prng.choose(&[0, 3, 6, 12, 30]).unwrap_or(&0);
+        let snapshot_crash_per_mille = *prng.choose(&[0, 50, 200]).unwrap_or(&0);
         let tick = SIM_TICK_UNITS;
         let delay_choices = [tick / 2, tick, 3 * tick, 6 * tick];
         let loss_choices = [0, 10, 50, 150];
@@ -79,6 +92,8 @@ impl Scenario {
             check_quorum: prng.chance(3, 4),
             append_entries_max: *prng.choose(&[1, 2, 8, 64]).unwrap_or(&64),
             inflight_appends_max: *prng.choose(&[1, 4, 256]).unwrap_or(&256),
+            snapshot_every: snapshot_every.unwrap_or(snapshot_every_drawn),
+            snapshot_crash_per_mille,
         };
         if prng.chance(1, 4) || churn {
             scenario.with_churn()
@@ -134,6 +149,10 @@ struct Replica {
     applied: LogIndex,
     /// A WAL read in progress: the request and when it completes.
     fetch: Option<(Fetch, u64)>,
+    /// The state machine: the prefix hash of everything applied (or of the snapshot it was
+    /// restored from), and the last entry applied.
+    state_chain: u64,
+    applied_id: EntryId,
 }
 
 struct SimNode {
@@ -145,6 +164,10 @@ struct SimNode {
     restart_at_tick: Option<u64>,
     /// The time unit within each tick at which this node's clock ticks.
     tick_phase: u64,
+    /// Snapshot transfers this node sends (volatile: a crash ends them).
+    outgoing: Vec<Outgoing>,
+    /// Per group: the chunks of a snapshot this node receives (volatile staging).
+    staging: Vec<Option<Incoming>>,
 }
 
 impl SimNode {
@@ -174,6 +197,7 @@ pub(super) struct Cluster {
     partition_until_tick: Option<u64>,
     next_read_context: u64,
     next_command: u64,
+    next_transfer: u64,
     report: SimReport,
 }
 
@@ -186,7 +210,7 @@ impl Cluster {
             config.group_count
         );
         let mut prng = Prng::new(config.seed);
-        let scenario = Scenario::draw(&mut prng, config.churn);
+        let scenario = Scenario::draw(&mut prng, config.churn, config.snapshot_every);
         let membership = Membership::new((1..=config.node_count as u64).map(NodeId).collect());
         let nodes = (0..config.node_count)
             .map(|index| SimNode {
@@ -197,6 +221,8 @@ impl Cluster {
                 replicas: Vec::new(),
                 restart_at_tick: None,
                 tick_phase: prng.below(SIM_TICK_UNITS),
+                outgoing: Vec::new(),
+                staging: (0..config.group_count).map(|_| None).collect(),
             })
             .collect();
         let report = SimReport::new(&config);
@@ -215,6 +241,7 @@ impl Cluster {
             partition_until_tick: None,
             next_read_context: 0,
             next_command: 0,
+            next_transfer: 0,
             report,
         };
         for node in 0..cluster.nodes.len() {
@@ -350,6 +377,8 @@ impl Cluster {
     /// One tick of simulated time: messages, disk completions and clock ticks, unit by unit.
     fn run_one_tick(&mut self) -> Checked<()> {
         self.tick += 1;
+        self.take_snapshots()?;
+        self.pump_transfers()?;
         for _ in 0..SIM_TICK_UNITS {
             self.now += 1;
             while let Some((group, message)) = self.network.pop_due(self.now) {
@@ -376,23 +405,36 @@ impl Cluster {
         Ok(())
     }
 
-    fn deliver(&mut self, group: GroupId, message: Message) -> Checked<()> {
-        let Some(node) = self.node_index(message.to) else {
+    fn deliver(&mut self, group: GroupId, payload: Payload) -> Checked<()> {
+        let Some(node) = self.node_index(payload.to()) else {
             return Err(violation(
                 group,
-                format!("message to unknown node: {message:?}"),
+                format!("message to unknown node: {payload:?}"),
             ));
         };
         let Some(group_index) = self.group_index(group) else {
             return Err(violation(
                 group,
-                format!("message for unknown group: {message:?}"),
+                format!("message for unknown group: {payload:?}"),
             ));
         };
         if !self.nodes[node].is_up() {
             // The node is down: the message is lost.
             return Ok(());
         }
+        match payload {
+            Payload::Raft(message) => self.step_message(node, group_index, message),
+            Payload::Chunk(chunk) => self.receive_chunk(node, group_index, chunk),
+            Payload::ChunkAck(ack) => {
+                self.on_chunk_ack(node, ack);
+                Ok(())
+            }
+        }
+    }
+
+    /// Step one Raft message into a running replica and handle what it asks for.
+    fn step_message(&mut self, node: usize, group_index: usize, message: Message) -> Checked<()> {
+        let group = group_id(group_index);
         // Every message here came from a correct sender: a refusal is a bug.
         let shown = format!("{message:?}");
         if self.config.trace {
@@ -423,6 +465,9 @@ impl Cluster {
                 break;
             };
             position = completed.position.or(position);
+            if let Some(installed) = completed.installed {
+                self.install_snapshot(node, group, installed)?;
+            }
             self.release(node, group, completed.messages)?;
         }
         if let Some(position) = position {
@@ -443,6 +488,228 @@ impl Cluster {
         self.drain(node, group)
     }
 
+    /// Stage a chunk of a snapshot, acknowledge what is staged, and step the leader's offer
+    /// once every chunk is in (thesis §5: the core sees the snapshot only when complete).
+    fn receive_chunk(&mut self, node: usize, group: usize, chunk: SnapshotChunk) -> Checked<()> {
+        let staging = &mut self.nodes[node].staging[group];
+        let received = Incoming::receive(staging, &chunk, self.tick, SIM_SNAPSHOT_STALL_TICKS / 2);
+        self.trace(node, group, || {
+            format!(
+                "chunk {}/{} of {} (transfer {}) from {}: staged {:#b}",
+                chunk.index,
+                chunk.count,
+                chunk.data.last,
+                chunk.transfer,
+                chunk.from,
+                received.ack.received
+            )
+        });
+        self.network.send(
+            self.now,
+            group_id(group),
+            Payload::ChunkAck(received.ack),
+            &mut self.prng,
+        );
+        let Some((offer, data)) = received.step else {
+            return Ok(());
+        };
+        self.trace(node, group, || {
+            format!("snapshot {} staged from {}", data.last, chunk.from)
+        });
+        self.step_message(node, group, offer)
+    }
+
+    fn on_chunk_ack(&mut self, node: usize, ack: ChunkAck) {
+        let tick = self.tick;
+        if let Some(transfer) = self.nodes[node]
+            .outgoing
+            .iter_mut()
+            .find(|transfer| transfer.id == ack.transfer)
+        {
+            transfer.on_ack(ack.received, tick);
+        }
+    }
+
+    /// The leader's core asked to send a snapshot: stream the one its storage holds.
+    fn start_transfer(&mut self, node: usize, group: usize, offer: Message) -> Checked<()> {
+        let gid = group_id(group);
+        let MessageBody::InstallSnapshot { snapshot } = &offer.body else {
+            return Ok(());
+        };
+        let data = self.nodes[node].storages[group].view().snapshot();
+        let Some(data) = data.filter(|data| data.last == snapshot.last) else {
+            return Err(violation(
+                gid,
+                format!(
+                    "node {}: offers snapshot {} but holds {data:?}",
+                    offer.from, snapshot.last
+                ),
+            ));
+        };
+        let count = (2 + data.last.index.get() / 16).min(u64::from(SIM_SNAPSHOT_CHUNKS_MAX)) as u32;
+        self.next_transfer += 1;
+        let start = OutgoingStart {
+            id: self.next_transfer,
+            group,
+            count,
+            tick: self.tick,
+            start_tick: self.tick,
+            requested: true,
+        };
+        self.trace(node, group, || {
+            format!("snapshot {} to {} in {count} chunks", data.last, offer.to)
+        });
+        let to = offer.to;
+        let outgoing = &mut self.nodes[node].outgoing;
+        // A new offer to the same node supersedes an older transfer.
+        outgoing.retain(|transfer| !(transfer.group == group && transfer.to == to));
+        outgoing.push(Outgoing::new(start, offer, data));
+        self.report.snapshot_transfers += 1;
+        Ok(())
+    }
+
+    /// Once per tick: every sender sends the chunks its bandwidth and each transfer's window
+    /// allow, and reports transfers that completed or stalled to its core (if the offer is
+    /// of the core's current term). A completed transfer is now and then sent again later,
+    /// unasked, to reach a node that has caught up meanwhile.
+    fn pump_transfers(&mut self) -> Checked<()> {
+        let tick = self.tick;
+        for node in 0..self.nodes.len() {
+            if !self.nodes[node].is_up() || self.nodes[node].outgoing.is_empty() {
+                continue;
+            }
+            let mut budget = SIM_SNAPSHOT_CHUNKS_PER_TICK;
+            let mut kept = Vec::new();
+            let mut chunks = Vec::new();
+            let mut reports = Vec::new();
+            for mut transfer in std::mem::take(&mut self.nodes[node].outgoing) {
+                let status = if transfer.is_complete() {
+                    Some(SnapshotStatus::Finished)
+                } else if transfer.stalled(tick, SIM_SNAPSHOT_STALL_TICKS) {
+                    Some(SnapshotStatus::Failed)
+                } else {
+                    None
+                };
+                let Some(status) = status else {
+                    let limits = (SIM_SNAPSHOT_WINDOW_CHUNKS, SIM_SNAPSHOT_RESEND_TICKS);
+                    let sent = transfer.next_chunks(tick, limits, &mut budget);
+                    chunks.extend(sent.into_iter().map(|chunk| (transfer.group, chunk)));
+                    kept.push(transfer);
+                    continue;
+                };
+                if status == SnapshotStatus::Failed {
+                    self.report.snapshot_transfers_failed += 1;
+                }
+                if status == SnapshotStatus::Finished
+                    && transfer.requested
+                    && self.prng.chance(1, 4)
+                {
+                    self.next_transfer += 1;
+                    let start = OutgoingStart {
+                        id: self.next_transfer,
+                        group: transfer.group,
+                        count: (2 + transfer.data().last.index.get() / 16)
+                            .min(u64::from(SIM_SNAPSHOT_CHUNKS_MAX))
+                            as u32,
+                        tick,
+                        start_tick: tick + self.prng.range_inclusive(1, 20),
+                        requested: false,
+                    };
+                    kept.push(Outgoing::new(
+                        start,
+                        transfer.offer().clone(),
+                        transfer.data(),
+                    ));
+                }
+                if transfer.requested {
+                    reports.push((transfer.group, transfer.offer().clone(), status));
+                }
+            }
+            self.nodes[node].outgoing = kept;
+            for (group, chunk) in chunks {
+                let payload = Payload::Chunk(chunk);
+                self.network
+                    .send(self.now, group_id(group), payload, &mut self.prng);
+            }
+            for (group, offer, status) in reports {
+                let replica = &mut self.nodes[node].replicas[group];
+                if replica.raft.status().term != offer.term {
+                    continue;
+                }
+                replica.raft.report_snapshot(offer.to, status);
+                self.trace(node, group, || {
+                    format!("snapshot to {}: {status:?}", offer.to)
+                });
+                self.drain(node, group)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Once per tick: a node whose state machine applied `snapshot_every` entries past its
+    /// snapshot takes a new one now and then (more eagerly while a WAL read is in flight, so
+    /// that compaction races fetches) and compacts its log.
+    fn take_snapshots(&mut self) -> Checked<()> {
+        let every = self.scenario.snapshot_every;
+        if every == 0 {
+            return Ok(());
+        }
+        for node in 0..self.nodes.len() {
+            if !self.nodes[node].is_up() {
+                continue;
+            }
+            for group in 0..self.config.group_count {
+                let replica = &self.nodes[node].replicas[group];
+                let taken = self.nodes[node].storages[group].view().snapshot_index();
+                if replica.applied < taken.plus(every) {
+                    continue;
+                }
+                let odds = if replica.fetch.is_some() { 2 } else { 4 };
+                if self.prng.chance(1, odds) {
+                    self.take_snapshot(node, group)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn take_snapshot(&mut self, node: usize, group: usize) -> Checked<()> {
+        let node_id = self.nodes[node].id;
+        let gid = group_id(group);
+        let replica = &mut self.nodes[node].replicas[group];
+        let snapshot = SimSnapshot {
+            last: replica.applied_id,
+            chain: replica.state_chain,
+        };
+        self.checkers[group]
+            .on_snapshot(node_id, snapshot)
+            .map_err(|detail| violation(gid, detail))?;
+        // The snapshot is durable before the log forgets what it folds in.
+        self.nodes[node].storages[group]
+            .compact(snapshot)
+            .map_err(|error| violation(gid, format!("node {node_id}: {error}")))?;
+        let replica = &mut self.nodes[node].replicas[group];
+        replica
+            .raft
+            .compact(snapshot.last.index)
+            .map_err(|error| violation(gid, format!("node {node_id}: {error}")))?;
+        let recorded = replica.raft.snapshot().map(|meta| meta.last);
+        if recorded != Some(snapshot.last) {
+            return Err(violation(
+                gid,
+                format!(
+                    "node {node_id}: compacted to {} but the core records {recorded:?}",
+                    snapshot.last
+                ),
+            ));
+        }
+        self.report.snapshots_taken += 1;
+        self.trace(node, group, || {
+            format!("snapshot taken at {}", snapshot.last)
+        });
+        self.drain(node, group)
+    }
+
     fn trace(&self, node: usize, group: usize, what: impl FnOnce() -> String) {
         if self.config.trace {
             println!(
@@ -454,6 +721,39 @@ impl Cluster {
                 what()
             );
         }
+    }
+
+    /// A received snapshot is durable: the state machine takes its state (before the core
+    /// hears `on_persisted`), and it must be the committed prefix's state.
+    fn install_snapshot(
+        &mut self,
+        node: usize,
+        group: usize,
+        installed: SimSnapshot,
+    ) -> Checked<()> {
+        let node_id = self.nodes[node].id;
+        let gid = group_id(group);
+        self.checkers[group]
+            .on_snapshot(node_id, installed)
+            .map_err(|detail| violation(gid, detail))?;
+        let replica = &mut self.nodes[node].replicas[group];
+        if replica.applied >= installed.last.index {
+            return Err(violation(
+                gid,
+                format!(
+                    "node {node_id}: installs snapshot {} with {} applied already",
+                    installed.last, replica.applied
+                ),
+            ));
+        }
+        replica.applied = installed.last.index;
+        replica.applied_id = installed.last;
+        replica.state_chain = installed.chain;
+        self.report.snapshots_installed += 1;
+        self.trace(node, group, || {
+            format!("snapshot {} installed", installed.last)
+        });
+        Ok(())
     }
 
     /// Handle every `Ready` the replica has, until it has none.
@@ -498,6 +798,21 @@ impl Cluster {
             .as_ref()
             .and_then(|p| p.entries.first())
             .map(|entry| entry.index());
+        // A snapshot the core persists is the one staged from the leader's chunks.
+        let mut snapshot_data = None;
+        if let Some(meta) = persist.as_ref().and_then(|p| p.snapshot.as_ref()) {
+            let staged = Incoming::staged(&self.nodes[node].staging[group], meta.last);
+            if staged.is_none() {
+                return Err(violation(
+                    gid,
+                    format!(
+                        "node {node_id}: persists snapshot {} that was never staged",
+                        meta.last
+                    ),
+                ));
+            }
+            snapshot_data = staged;
+        }
         if persist.is_some() || !messages_after_persist.is_empty() {
             let done_at = self.now
                 + self
@@ -505,7 +820,7 @@ impl Cluster {
                     .range_inclusive(1, self.scenario.disk_delay_units_max);
             let storage = &mut self.nodes[node].storages[group];
             storage
-                .submit(persist, messages_after_persist, done_at)
+                .submit(persist, snapshot_data, messages_after_persist, done_at)
                 .map_err(|error| violation(gid, format!("node {node_id}: {error}")))?;
         }
         if let Some(first) = first_written {
@@ -614,6 +929,8 @@ impl Cluster {
                 .on_applied(node_id, term, entry)
                 .map_err(|detail| violation(gid, detail))?;
             replica.applied = entry.index();
+            replica.applied_id = entry.id;
+            replica.state_chain = chain_hash(replica.state_chain, entry);
         }
         replica.raft.on_applied(replica.applied);
         self.report.applied_entries += entries.len() as u64;
@@ -643,6 +960,11 @@ impl Cluster {
         #[cfg(not(test))]
         let release_checks = true;
         for message in messages {
+            if let MessageBody::InstallSnapshot { .. } = message.body {
+                // The layer around the core streams the snapshot's data in chunks.
+                self.start_transfer(node, group, message)?;
+                continue;
+            }
             let storage = &self.nodes[node].storages[group];
             match message.body {
                 MessageBody::VoteResponse { granted: true } => {
@@ -683,7 +1005,8 @@ impl Cluster {
                 }
                 _ => {}
             }
-            self.network.send(self.now, gid, message, &mut self.prng);
+            self.network
+                .send(self.now, gid, Payload::Raft(message), &mut self.prng);
         }
         Ok(())
     }
@@ -773,6 +1096,14 @@ impl Cluster {
         let budget = (self.config.node_count - 1) / 2;
         if down < budget && self.prng.chance(self.scenario.crash_per_mille, 1000) {
             self.crash_one()?;
+        }
+        let down = self.nodes.iter().filter(|node| !node.is_up()).count();
+        if down < budget
+            && self
+                .prng
+                .chance(self.scenario.snapshot_crash_per_mille, 1000)
+        {
+            self.crash_snapshot_node()?;
         }
         for node in 0..self.nodes.len() {
             if self.nodes[node]
@@ -872,6 +1203,31 @@ impl Cluster {
         let Some(node) = victim else {
             return Ok(());
         };
+        self.crash_node(node)
+    }
+
+    /// Crash a node that is staging a snapshot's chunks or waiting for an installed
+    /// snapshot to be durable: the staging is lost, and the install survives or not with
+    /// the write that carries it.
+    fn crash_snapshot_node(&mut self) -> Checked<()> {
+        let busy: Vec<usize> = (0..self.nodes.len())
+            .filter(|&node| {
+                let n = &self.nodes[node];
+                n.is_up()
+                    && (n.storages.iter().any(|s| s.snapshot_pending())
+                        || n.staging
+                            .iter()
+                            .any(|staged| staged.as_ref().is_some_and(|i| !i.is_complete())))
+            })
+            .collect();
+        let Some(&node) = self.prng.choose(&busy) else {
+            return Ok(());
+        };
+        self.report.snapshot_crashes += 1;
+        self.crash_node(node)
+    }
+
+    fn crash_node(&mut self, node: usize) -> Checked<()> {
         for group in 0..self.config.group_count {
             let storage = &mut self.nodes[node].storages[group];
             let survivors = self.prng.below(storage.pending_count() as u64 + 1) as usize;
@@ -881,6 +1237,10 @@ impl Cluster {
         }
         self.trace(node, 0, || "crash".to_string());
         self.nodes[node].replicas.clear();
+        self.nodes[node].outgoing.clear();
+        for staged in &mut self.nodes[node].staging {
+            *staged = None;
+        }
         let down_ticks = self.prng.range_inclusive(2, self.scenario.down_ticks_max);
         self.nodes[node].restart_at_tick = Some(self.tick + down_ticks);
         self.report.crashes += 1;
@@ -911,15 +1271,20 @@ impl Cluster {
                     ),
                 ));
             }
+            // The state machine restarts from the snapshot, if any (thesis §5).
+            let snapshot = durable.snapshot();
             let restored = RestoredState {
                 hard_state: durable.hard_state,
                 membership: self.membership.clone(),
-                snapshot: None,
+                snapshot: snapshot.map(|snapshot| SnapshotMeta {
+                    last: snapshot.last,
+                    membership: self.membership.clone(),
+                }),
                 term_runs: durable.term_runs(),
                 last_index: durable.last_index(),
-                applied: LogIndex::ZERO,
+                applied: durable.snapshot_index(),
             };
-            let replica = self.new_replica(node, group, restored);
+            let replica = self.new_replica(node, group, restored, snapshot);
             self.nodes[node].replicas.push(replica);
         }
         self.report.restarts += 1;
@@ -932,12 +1297,18 @@ impl Cluster {
     fn start_node(&mut self, node: usize) {
         for group in 0..self.config.group_count {
             let restored = RestoredState::bootstrap(self.membership.clone());
-            let replica = self.new_replica(node, group, restored);
+            let replica = self.new_replica(node, group, restored, None);
             self.nodes[node].replicas.push(replica);
         }
     }
 
-    fn new_replica(&mut self, node: usize, group: usize, restored: RestoredState) -> Replica {
+    fn new_replica(
+        &mut self,
+        node: usize,
+        group: usize,
+        restored: RestoredState,
+        snapshot: Option<SimSnapshot>,
+    ) -> Replica {
         let id = self.nodes[node].id;
         let mut config = RaftConfig::new(id, group_id(group));
         config.pre_vote = self.scenario.pre_vote;
@@ -954,8 +1325,10 @@ impl Cluster {
             raft,
             role: RoleKind::Follower,
             term,
-            applied: LogIndex::ZERO,
+            applied: snapshot.map_or(LogIndex::ZERO, |snapshot| snapshot.last.index),
             fetch: None,
+            state_chain: snapshot.map_or(0, |snapshot| snapshot.chain),
+            applied_id: snapshot.map_or(EntryId::ZERO, |snapshot| snapshot.last),
         }
     }
 
@@ -997,7 +1370,8 @@ fn show_ready(ready: &Ready) -> String {
     let persisted = ready.persist.as_ref().map(|p| {
         let first = p.entries.first().map(|e| e.id);
         let last = p.entries.last().map(|e| e.id);
-        (p.position, first, last, p.hard_state)
+        let snapshot = p.snapshot.as_ref().map(|s| s.last);
+        (p.position, snapshot, first, last, p.hard_state)
     });
     let applied = (
         ready.committed_entries.first().map(|e| e.id),

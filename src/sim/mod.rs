@@ -9,6 +9,9 @@
 //! - a long run: `ringraft sim --seeds 1000000 --first-seed 0 --nodes 3 --jobs 2`, then the
 //!   same with `--nodes 5`, and with `--churn` (every seed in the term-churn profile).
 //!   A failing seed is printed with the command that replays it.
+//! - snapshots: each seed draws how many applied entries a node lets pass before it takes a
+//!   snapshot and compacts (or never does); `--snapshot-every N` fixes it (0: never), e.g.
+//!   `ringraft sim --seeds 2000 --churn --snapshot-every 3 --jobs 2`.
 //!
 //! `shards` runs whole nodes (the production `Shard` over the production WAL on simulated
 //! disks). This room must not import `reactor/` or glommio, and must not read real time or any RNG
@@ -20,6 +23,7 @@ pub mod disk;
 mod network;
 pub mod shards;
 mod storage;
+mod transfer;
 
 #[cfg(test)]
 mod tests;
@@ -49,6 +53,10 @@ pub struct SimConfig {
     /// Draw every seed's faults from the term-churn profile (frequent leader crashes, short
     /// partitions, small appends, slow syncs) instead of the mix.
     pub churn: bool,
+    /// Applied entries after which a node takes a snapshot and compacts its log; `Some(0)`
+    /// never does, `None` lets each seed draw the threshold (mostly small, so that lagging
+    /// followers need snapshots).
+    pub snapshot_every: Option<u64>,
     /// A rule the core deliberately breaks, to show the checkers catch it.
     #[cfg(test)]
     pub canary: Option<crate::raft::Canary>,
@@ -67,6 +75,7 @@ impl SimConfig {
             safety_ticks: SIM_SAFETY_TICKS_DEFAULT,
             trace: false,
             churn: false,
+            snapshot_every: None,
             #[cfg(test)]
             canary: None,
             #[cfg(test)]
@@ -126,6 +135,11 @@ pub struct SimReport {
     pub crashes: u64,
     pub restarts: u64,
     pub fetches: u64,
+    pub snapshots_taken: u64,
+    pub snapshot_transfers: u64,
+    pub snapshot_transfers_failed: u64,
+    pub snapshots_installed: u64,
+    pub snapshot_crashes: u64,
     pub network: NetworkStats,
 }
 
@@ -146,7 +160,8 @@ impl fmt::Display for SimReport {
             f,
             "seed {} ({} nodes x {} groups): {} ticks + {} to heal; {} leaders, {} committed, \
              {} applied, proposals {} ok / {} refused, reads {} checked of {}, {} transfers, \
-             {} partitions, {} crashes, {} restarts, {} fetches; messages {} \
+             {} partitions, {} crashes, {} restarts, {} fetches; snapshots {} taken, {} \
+             sent ({} failed), {} installed, {} crashes around them; messages {} \
              sent, {} lost, {} duplicated, {} cut",
             self.seed,
             self.node_count,
@@ -165,6 +180,11 @@ impl fmt::Display for SimReport {
             self.crashes,
             self.restarts,
             self.fetches,
+            self.snapshots_taken,
+            self.snapshot_transfers,
+            self.snapshot_transfers_failed,
+            self.snapshots_installed,
+            self.snapshot_crashes,
             self.network.sent,
             self.network.lost,
             self.network.duplicated,
@@ -211,6 +231,7 @@ pub struct SweepSummary {
     pub committed_entries: u64,
     pub elections: u64,
     pub crashes: u64,
+    pub snapshots_installed: u64,
     /// Failures, ordered by seed.
     pub failures: Vec<SimError>,
 }
@@ -257,6 +278,7 @@ pub fn run_seeds(
                             summary.committed_entries += report.committed_entries;
                             summary.elections += report.elections;
                             summary.crashes += report.crashes;
+                            summary.snapshots_installed += report.snapshots_installed;
                         }
                         Err(error) => summary.failures.push(error),
                     }

@@ -1,6 +1,7 @@
-//! The simulated network between nodes: every message gets a random delay (so messages
-//! overtake each other), may be lost or duplicated, and is dropped on delivery if its link
-//! is cut by a partition (symmetric or one-way) at that moment.
+//! The simulated network between nodes: every message (a Raft message, or a chunk of a
+//! snapshot's data and its acknowledgement) gets a random delay (so messages overtake each
+//! other), may be lost or duplicated, and is dropped on delivery if its link is cut by a
+//! partition (symmetric or one-way) at that moment.
 //!
 //! This module owns messages in flight and the link state. It must not look inside
 //! messages beyond their endpoints, and must not deliver anything itself: the cluster pulls
@@ -12,6 +13,35 @@ use std::collections::{BinaryHeap, HashSet};
 use crate::ids::{GroupId, NodeId};
 use crate::prng::Prng;
 use crate::raft::Message;
+
+use super::transfer::{ChunkAck, SnapshotChunk};
+
+/// What travels between two nodes' instances of one group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Payload {
+    Raft(Message),
+    /// A piece of a snapshot's data, streamed by the layer around the Raft core.
+    Chunk(SnapshotChunk),
+    ChunkAck(ChunkAck),
+}
+
+impl Payload {
+    pub fn from(&self) -> NodeId {
+        match self {
+            Payload::Raft(message) => message.from,
+            Payload::Chunk(chunk) => chunk.from,
+            Payload::ChunkAck(ack) => ack.from,
+        }
+    }
+
+    pub fn to(&self) -> NodeId {
+        match self {
+            Payload::Raft(message) => message.to,
+            Payload::Chunk(chunk) => chunk.to,
+            Payload::ChunkAck(ack) => ack.to,
+        }
+    }
+}
 
 /// How unreliable the network is; drawn per seed, calmed for the liveness phase.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,7 +71,7 @@ struct InFlight {
     deliver_at: u64,
     sequence: u64,
     group: GroupId,
-    message: Message,
+    payload: Payload,
 }
 
 impl PartialEq for InFlight {
@@ -107,11 +137,12 @@ impl SimNetwork {
         self.faults = faults;
     }
 
-    pub fn send(&mut self, now: u64, group: GroupId, message: Message, prng: &mut Prng) {
+    pub fn send(&mut self, now: u64, group: GroupId, payload: Payload, prng: &mut Prng) {
         assert_ne!(
-            message.from, message.to,
-            "network: node {} sends to itself: {message:?}",
-            message.from
+            payload.from(),
+            payload.to(),
+            "network: node {} sends to itself: {payload:?}",
+            payload.from()
         );
         self.stats.sent += 1;
         if prng.chance(self.faults.loss_per_mille, 1000) {
@@ -120,24 +151,24 @@ impl SimNetwork {
         }
         if prng.chance(self.faults.duplicate_per_mille, 1000) {
             self.stats.duplicated += 1;
-            self.enqueue(now, group, message.clone(), prng);
+            self.enqueue(now, group, payload.clone(), prng);
         }
-        self.enqueue(now, group, message, prng);
+        self.enqueue(now, group, payload, prng);
     }
 
-    fn enqueue(&mut self, now: u64, group: GroupId, message: Message, prng: &mut Prng) {
+    fn enqueue(&mut self, now: u64, group: GroupId, payload: Payload, prng: &mut Prng) {
         let delay = prng.range_inclusive(1, self.faults.delay_units_max);
         self.sequence += 1;
         self.in_flight.push(Reverse(InFlight {
             deliver_at: now + delay,
             sequence: self.sequence,
             group,
-            message,
+            payload,
         }));
     }
 
     /// The next message due at or before `now` whose link is open; cut ones are dropped.
-    pub fn pop_due(&mut self, now: u64) -> Option<(GroupId, Message)> {
+    pub fn pop_due(&mut self, now: u64) -> Option<(GroupId, Payload)> {
         loop {
             if self
                 .in_flight
@@ -147,12 +178,12 @@ impl SimNetwork {
                 return None;
             }
             let Reverse(next) = self.in_flight.pop()?;
-            if self.is_blocked(next.message.from, next.message.to) {
+            if self.is_blocked(next.payload.from(), next.payload.to()) {
                 self.stats.cut += 1;
                 continue;
             }
             self.stats.delivered += 1;
-            return Some((next.group, next.message));
+            return Some((next.group, next.payload));
         }
     }
 
@@ -181,13 +212,13 @@ mod tests {
     use crate::ids::Term;
     use crate::raft::MessageBody;
 
-    fn message(from: u64, to: u64) -> Message {
-        Message {
+    fn message(from: u64, to: u64) -> Payload {
+        Payload::Raft(Message {
             from: NodeId(from),
             to: NodeId(to),
             term: Term(1),
             body: MessageBody::TimeoutNow,
-        }
+        })
     }
 
     #[test]
@@ -203,7 +234,7 @@ mod tests {
         let mut delivered = Vec::new();
         for now in 1..=5 {
             while let Some((_, m)) = network.pop_due(now) {
-                delivered.push((m.from, m.to));
+                delivered.push((m.from(), m.to()));
             }
         }
         assert_eq!(delivered, vec![(NodeId(2), NodeId(1))]);

@@ -1,5 +1,5 @@
-//! The simulated durable log of one Raft group on one node: the hard state and entries that
-//! survive a crash, plus the queue of writes handed over by `Ready::persist` that are not yet
+//! The simulated durable log of one Raft group on one node: the hard state, the snapshot and
+//! the entries after it that survive a crash, plus the queue of writes handed over by `Ready::persist` that are not yet
 //! synced. A write completes after a simulated delay (so `on_persisted` lags the write), in
 //! submission order; a crash keeps a prefix of the pending writes (those that reached the
 //! platter before power went) and drops the rest.
@@ -42,37 +42,104 @@ pub enum StorageError {
         old: PersistPosition,
         new: PersistPosition,
     },
-    #[error("the simulator keeps no snapshots, yet one was persisted at {last}")]
-    SnapshotUnsupported { last: EntryId },
+    #[error("a snapshot at {last} was persisted without its staged data")]
+    SnapshotWithoutData { last: EntryId },
+    #[error("snapshot goes back from {old} to {new}")]
+    SnapshotRegressed { old: EntryId, new: EntryId },
 }
 
-/// One group's log contents as of some point: entry `i` (from 1) sits at `entries[i - 1]`.
-/// `chain[i - 1]` hashes every entry up to and including `i`, so two logs agree on a prefix
-/// exactly when their chain values at its last index are equal (Log Matching, paper §5.3).
+/// The simulated state machine's state at a snapshot: the state is the applied prefix of the
+/// log, so its identity is the prefix hash of that prefix (the `chain` of the entry at
+/// `last`), exactly what a full log's chain value at `last` is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SimSnapshot {
+    pub last: EntryId,
+    pub chain: u64,
+}
+
+/// One group's log contents as of some point: a snapshot (thesis §5) and the entries after
+/// it; entry `i` sits at `entries[i - snapshot_index() - 1]`. `chain` holds, for each entry,
+/// the hash of every entry up to and including it (the snapshot's chain standing for the
+/// prefix it folds in), so two logs agree on a prefix exactly when their chain values at its
+/// last index are equal (Log Matching, paper §5.3).
 #[derive(Clone, Debug, Default)]
 pub struct LogState {
     pub hard_state: HardState,
+    snapshot: Option<SimSnapshot>,
     entries: Vec<Entry>,
     chain: Vec<u64>,
 }
 
 impl LogState {
+    pub fn snapshot(&self) -> Option<SimSnapshot> {
+        self.snapshot
+    }
+
+    pub fn snapshot_index(&self) -> LogIndex {
+        self.snapshot
+            .map_or(LogIndex::ZERO, |snapshot| snapshot.last.index)
+    }
+
     pub fn last_index(&self) -> LogIndex {
-        LogIndex(self.entries.len() as u64)
+        self.snapshot_index().plus(self.entries.len() as u64)
     }
 
     pub fn last_id(&self) -> EntryId {
-        self.entries.last().map_or(EntryId::ZERO, |entry| entry.id)
+        match (self.entries.last(), self.snapshot) {
+            (Some(entry), _) => entry.id,
+            (None, Some(snapshot)) => snapshot.last,
+            (None, None) => EntryId::ZERO,
+        }
+    }
+
+    /// Position of entry `index` in `entries`, if it is after the snapshot.
+    fn position(&self, index: LogIndex) -> Option<usize> {
+        let offset = index
+            .get()
+            .checked_sub(self.snapshot_index().get())?
+            .checked_sub(1)?;
+        usize::try_from(offset).ok()
     }
 
     pub fn entry(&self, index: LogIndex) -> Option<&Entry> {
-        let position = usize::try_from(index.get().checked_sub(1)?).ok()?;
-        self.entries.get(position)
+        self.entries.get(self.position(index)?)
     }
 
+    /// The prefix hash through `index`: known for the snapshot's last entry and after it.
     pub fn chain_at(&self, index: LogIndex) -> Option<u64> {
-        let position = usize::try_from(index.get().checked_sub(1)?).ok()?;
-        self.chain.get(position).copied()
+        if let Some(snapshot) = self.snapshot
+            && snapshot.last.index == index
+        {
+            return Some(snapshot.chain);
+        }
+        self.chain.get(self.position(index)?).copied()
+    }
+
+    /// Fold everything up to `snapshot.last` into the snapshot (thesis §5.1): the entries
+    /// after it stay if this log holds its last entry; otherwise the whole log goes.
+    pub fn set_snapshot(&mut self, snapshot: SimSnapshot) -> Result<(), StorageError> {
+        if let Some(old) = self.snapshot
+            && old.last.index >= snapshot.last.index
+        {
+            return Err(StorageError::SnapshotRegressed {
+                old: old.last,
+                new: snapshot.last,
+            });
+        }
+        let holds_last =
+            self.entry(snapshot.last.index).map(|entry| entry.id) == Some(snapshot.last);
+        match self.position(snapshot.last.index) {
+            Some(position) if holds_last => {
+                self.entries.drain(..=position);
+                self.chain.drain(..=position);
+            }
+            _ => {
+                self.entries.clear();
+                self.chain.clear();
+            }
+        }
+        self.snapshot = Some(snapshot);
+        Ok(())
     }
 
     /// The first entry of each run of equal terms, as `RestoredState::term_runs` wants.
@@ -106,26 +173,39 @@ impl LogState {
         out
     }
 
-    /// Apply one write. Entries whose first index is at or below the last one replace the
-    /// suffix from there (the core truncates a conflicting suffix this way).
-    pub fn apply(&mut self, persist: &Persist) -> Result<(), StorageError> {
-        if let Some(snapshot) = &persist.snapshot {
-            return Err(StorageError::SnapshotUnsupported {
-                last: snapshot.last,
-            });
+    /// Apply one write: its snapshot (with the staged data `snapshot`), then its entries,
+    /// then its hard state. Entries whose first index is at or below the last one replace
+    /// the suffix from there (the core truncates a conflicting suffix this way); entries a
+    /// snapshot taken since already folds in are skipped.
+    pub fn apply(
+        &mut self,
+        persist: &Persist,
+        snapshot: Option<SimSnapshot>,
+    ) -> Result<(), StorageError> {
+        if let Some(meta) = &persist.snapshot {
+            match snapshot {
+                Some(data) if data.last == meta.last => self.set_snapshot(data)?,
+                _ => return Err(StorageError::SnapshotWithoutData { last: meta.last }),
+            }
         }
-        if let Some(first) = persist.entries.first() {
+        let compacted = self.snapshot_index();
+        let mut entries = persist
+            .entries
+            .iter()
+            .filter(|entry| entry.index() > compacted)
+            .peekable();
+        if let Some(first) = entries.peek() {
             let last_index = self.last_index();
-            if first.index() > last_index.next() || first.index() == LogIndex::ZERO {
+            if first.index() > last_index.next() {
                 return Err(StorageError::Gap {
                     first: first.index(),
                     last_index,
                 });
             }
-            let keep = usize::try_from(first.index().get() - 1).unwrap_or(usize::MAX);
+            let keep = self.position(first.index()).unwrap_or(usize::MAX);
             self.entries.truncate(keep);
             self.chain.truncate(keep);
-            for entry in &persist.entries {
+            for entry in entries {
                 self.push(entry)?;
             }
         }
@@ -149,7 +229,12 @@ impl LogState {
                 next: entry.id,
             });
         }
-        let previous_chain = self.chain.last().copied().unwrap_or(0);
+        let previous_chain = self
+            .chain
+            .last()
+            .copied()
+            .or(self.snapshot.map(|snapshot| snapshot.chain))
+            .unwrap_or(0);
         self.chain.push(chain_hash(previous_chain, entry));
         self.entries.push(entry.clone());
         Ok(())
@@ -203,7 +288,8 @@ pub fn entry_digest(entry: &Entry) -> u64 {
     mix(hash)
 }
 
-fn chain_hash(previous: u64, entry: &Entry) -> u64 {
+/// The prefix hash of a log whose prefix before `entry` hashes to `previous`.
+pub fn chain_hash(previous: u64, entry: &Entry) -> u64 {
     mix(previous.rotate_left(29) ^ entry_digest(entry))
 }
 
@@ -218,6 +304,8 @@ fn mix(mut z: u64) -> u64 {
 #[derive(Debug)]
 struct PendingWrite {
     persist: Option<Persist>,
+    /// The staged snapshot data that `persist.snapshot` installs.
+    snapshot: Option<SimSnapshot>,
     messages: Vec<Message>,
     done_at: u64,
 }
@@ -229,6 +317,8 @@ pub struct Completed {
     pub position: Option<PersistPosition>,
     /// Messages that were waiting for these writes.
     pub messages: Vec<Message>,
+    /// A snapshot the write installed: the state machine takes its state now.
+    pub installed: Option<SimSnapshot>,
 }
 
 /// The durable log of one group on one node, with its queue of unsynced writes.
@@ -259,6 +349,7 @@ impl SimStorage {
     pub fn submit(
         &mut self,
         persist: Option<Persist>,
+        snapshot: Option<SimSnapshot>,
         messages: Vec<Message>,
         done_at: u64,
     ) -> Result<(), StorageError> {
@@ -272,7 +363,7 @@ impl SimStorage {
                 });
             }
             self.last_position = Some(persist.position);
-            self.view.apply(persist)?;
+            self.view.apply(persist, snapshot)?;
         }
         let done_at = self
             .pending
@@ -280,6 +371,7 @@ impl SimStorage {
             .map_or(done_at, |back| back.done_at.max(done_at));
         self.pending.push_back(PendingWrite {
             persist,
+            snapshot,
             messages,
             done_at,
         });
@@ -298,12 +390,36 @@ impl SimStorage {
         let mut completed = Completed {
             position: None,
             messages: write.messages,
+            installed: None,
         };
         if let Some(persist) = &write.persist {
-            self.durable.apply(persist)?;
+            self.durable.apply(persist, write.snapshot)?;
             completed.position = Some(persist.position);
+            if persist.snapshot.is_some() {
+                completed.installed = write.snapshot;
+            }
         }
         Ok(Some(completed))
+    }
+
+    /// Whether a write that installs a received snapshot waits for its sync.
+    pub fn snapshot_pending(&self) -> bool {
+        self.pending
+            .iter()
+            .any(|write| write.persist.as_ref().is_some_and(|p| p.snapshot.is_some()))
+    }
+
+    /// The node took a snapshot of its state machine and wrote it durably (a snapshot file
+    /// is written and synced before the log is compacted): both the durable log and the
+    /// view fold in everything up to it. A snapshot not past what a log already has leaves
+    /// that log alone.
+    pub fn compact(&mut self, snapshot: SimSnapshot) -> Result<(), StorageError> {
+        for log in [&mut self.durable, &mut self.view] {
+            if log.snapshot_index() < snapshot.last.index {
+                log.set_snapshot(snapshot)?;
+            }
+        }
+        Ok(())
     }
 
     /// Power loss: the first `survivors` pending writes reached the disk, the rest did not;
@@ -311,7 +427,7 @@ impl SimStorage {
     pub fn crash(&mut self, survivors: usize) -> Result<(), StorageError> {
         for write in self.pending.drain(..).take(survivors) {
             if let Some(persist) = &write.persist {
-                self.durable.apply(persist)?;
+                self.durable.apply(persist, write.snapshot)?;
             }
         }
         self.view = self.durable.clone();
@@ -345,15 +461,81 @@ mod tests {
         }
     }
 
+    impl SimStorage {
+        fn submit_test(
+            &mut self,
+            persist: Option<Persist>,
+            messages: Vec<Message>,
+            done_at: u64,
+        ) -> Result<(), StorageError> {
+            self.submit(persist, None, messages, done_at)
+        }
+    }
+
+    impl LogState {
+        fn apply_test(&mut self, persist: &Persist) -> Result<(), StorageError> {
+            self.apply(persist, None)
+        }
+    }
+
+    #[test]
+    fn snapshot_folds_the_prefix_and_keeps_a_matching_suffix() {
+        // Thesis §5.1: compaction keeps the entries after the snapshot and their chain; a
+        // snapshot that conflicts with the log discards it; writes of folded entries are
+        // skipped and a snapshot never goes back.
+        let mut log = LogState::default();
+        log.apply_test(&write(1, vec![entry(1, 1), entry(1, 2), entry(1, 3)], None))
+            .unwrap();
+        let chain_two = log.chain_at(LogIndex(2)).unwrap();
+        let chain_three = log.chain_at(LogIndex(3)).unwrap();
+        let snapshot = SimSnapshot {
+            last: EntryId::new(Term(1), LogIndex(2)),
+            chain: chain_two,
+        };
+        log.set_snapshot(snapshot).unwrap();
+        assert_eq!(log.entry(LogIndex(2)), None);
+        assert_eq!(log.chain_at(LogIndex(2)), Some(chain_two));
+        assert_eq!(log.chain_at(LogIndex(3)), Some(chain_three));
+        assert_eq!(log.last_index(), LogIndex(3));
+        assert_eq!(log.term_runs(), vec![EntryId::new(Term(1), LogIndex(3))]);
+        log.apply_test(&write(2, vec![entry(1, 2), entry(1, 3), entry(1, 4)], None))
+            .unwrap();
+        assert_eq!(log.last_index(), LogIndex(4));
+        assert_eq!(log.chain_at(LogIndex(3)), Some(chain_three));
+        assert!(matches!(
+            log.set_snapshot(snapshot),
+            Err(StorageError::SnapshotRegressed { .. })
+        ));
+        let other = SimSnapshot {
+            last: EntryId::new(Term(2), LogIndex(3)),
+            chain: 7,
+        };
+        log.set_snapshot(other).unwrap();
+        assert_eq!(log.last_id(), other.last);
+        assert_eq!(log.entry(LogIndex(4)), None);
+        let meta = crate::raft::SnapshotMeta {
+            last: EntryId::new(Term(2), LogIndex(9)),
+            membership: crate::raft::Membership::default(),
+        };
+        let without_data = Persist {
+            snapshot: Some(meta),
+            ..write(3, Vec::new(), None)
+        };
+        assert!(matches!(
+            log.apply_test(&without_data),
+            Err(StorageError::SnapshotWithoutData { .. })
+        ));
+    }
+
     #[test]
     fn crash_keeps_synced_and_drops_pending() {
         // A write is durable only once its sync completes; a crash keeps the surviving prefix.
         let mut storage = SimStorage::default();
         storage
-            .submit(Some(write(1, vec![entry(1, 1)], None)), Vec::new(), 5)
+            .submit_test(Some(write(1, vec![entry(1, 1)], None)), Vec::new(), 5)
             .unwrap();
         storage
-            .submit(Some(write(2, vec![entry(1, 2)], None)), Vec::new(), 3)
+            .submit_test(Some(write(2, vec![entry(1, 2)], None)), Vec::new(), 3)
             .unwrap();
         assert_eq!(storage.view().last_index(), LogIndex(2));
         assert_eq!(storage.durable().last_index(), LogIndex(0));
@@ -366,7 +548,7 @@ mod tests {
         assert_eq!(done.position, Some(PersistPosition(2)));
         assert!(storage.complete_next(5).unwrap().is_none());
         storage
-            .submit(Some(write(3, vec![entry(2, 3)], None)), Vec::new(), 9)
+            .submit_test(Some(write(3, vec![entry(2, 3)], None)), Vec::new(), 9)
             .unwrap();
         storage.crash(0).unwrap();
         assert_eq!(storage.durable().last_index(), LogIndex(2));
@@ -377,11 +559,11 @@ mod tests {
     fn conflicting_append_replaces_suffix_and_chain() {
         // An append at or below the last index truncates, and the prefix hash follows it.
         let mut log = LogState::default();
-        log.apply(&write(1, vec![entry(1, 1), entry(1, 2), entry(1, 3)], None))
+        log.apply_test(&write(1, vec![entry(1, 1), entry(1, 2), entry(1, 3)], None))
             .unwrap();
         let chain_two = log.chain_at(LogIndex(2)).unwrap();
         let old_three = log.chain_at(LogIndex(3)).unwrap();
-        log.apply(&write(2, vec![entry(2, 3)], None)).unwrap();
+        log.apply_test(&write(2, vec![entry(2, 3)], None)).unwrap();
         assert_eq!(log.last_id(), EntryId::new(Term(2), LogIndex(3)));
         assert_eq!(log.chain_at(LogIndex(2)), Some(chain_two));
         assert_ne!(log.chain_at(LogIndex(3)), Some(old_three));
@@ -392,7 +574,7 @@ mod tests {
                 EntryId::new(Term(2), LogIndex(3))
             ]
         );
-        let gap = log.apply(&write(3, vec![entry(2, 9)], None));
+        let gap = log.apply_test(&write(3, vec![entry(2, 9)], None));
         assert!(matches!(gap, Err(StorageError::Gap { .. })), "{gap:?}");
     }
 
@@ -405,13 +587,13 @@ mod tests {
             vote: Some(NodeId(1)),
             commit: LogIndex(0),
         };
-        log.apply(&write(1, Vec::new(), Some(voted))).unwrap();
+        log.apply_test(&write(1, Vec::new(), Some(voted))).unwrap();
         let other = HardState {
             vote: Some(NodeId(2)),
             ..voted
         };
         assert!(matches!(
-            log.apply(&write(2, Vec::new(), Some(other))),
+            log.apply_test(&write(2, Vec::new(), Some(other))),
             Err(StorageError::VoteChanged { .. })
         ));
         let older = HardState {
@@ -419,7 +601,7 @@ mod tests {
             ..voted
         };
         assert!(matches!(
-            log.apply(&write(3, Vec::new(), Some(older))),
+            log.apply_test(&write(3, Vec::new(), Some(older))),
             Err(StorageError::TermRegressed { .. })
         ));
     }

@@ -6,6 +6,8 @@ use crate::raft::Canary;
 
 /// Seeds per node count in the CI sweep (3 and 5 nodes: 2,000 runs in all).
 const SWEEP_SEEDS_PER_SIZE: u64 = 1000;
+/// Seeds of the snapshot-heavy sweep (compaction every few entries, term churn).
+const SNAPSHOT_SWEEP_SEEDS: u64 = 400;
 /// Seeds a canary gets to show its violation.
 const CANARY_SEEDS_MAX: u64 = 2000;
 
@@ -78,14 +80,64 @@ fn sim_sweep_three_and_five_nodes() {
             summary.committed_entries,
             summary.seeds_run
         );
+        assert!(
+            seed_count < 100 || summary.snapshots_installed > 0,
+            "{node_count} nodes: no snapshot was installed in {} seeds",
+            summary.seeds_run
+        );
         println!(
             "{node_count} nodes x {group_count} groups: {} seeds passed, {} entries committed, \
-             {} elections, {} crashes",
-            summary.seeds_run, summary.committed_entries, summary.elections, summary.crashes
+             {} elections, {} crashes, {} snapshots installed",
+            summary.seeds_run,
+            summary.committed_entries,
+            summary.elections,
+            summary.crashes,
+            summary.snapshots_installed
         );
         seeds_run += summary.seeds_run;
     }
     println!("{seeds_run} seeds run");
+}
+
+#[test]
+fn sim_sweep_with_snapshots_every_few_entries() {
+    // Thesis §5 under faults: logs compacted every three applied entries, so lagging and
+    // restarted followers keep needing snapshots streamed in lost, reordered chunks, with
+    // crashes while they are staged and installed and compaction racing WAL reads; every
+    // checker stays quiet (nothing acknowledged is lost, state machines agree) and the
+    // healed cluster is live.
+    let (first_seed, seed_count) = match seed_from_env() {
+        Some(seed) => (seed, 1),
+        None => (0, SNAPSHOT_SWEEP_SEEDS),
+    };
+    println!("seed {first_seed} (sweeping {seed_count} seeds, snapshot every 3 entries)");
+    for (node_count, churn) in [(3, true), (5, false)] {
+        let mut template = SimConfig::new(first_seed, node_count, 2);
+        template.snapshot_every = Some(3);
+        template.churn = churn;
+        let summary = sweep(template, first_seed, seed_count, 5);
+        for failure in &summary.failures {
+            println!("FAILED: {failure}");
+        }
+        assert!(
+            summary.failures.is_empty(),
+            "{node_count} nodes: {} of {} seeds failed; first: {}",
+            summary.failures.len(),
+            summary.seeds_run,
+            summary.failures[0]
+        );
+        assert!(
+            seed_count < 10 || summary.snapshots_installed > seed_count,
+            "{node_count} nodes: only {} snapshots installed in {} seeds",
+            summary.snapshots_installed,
+            summary.seeds_run
+        );
+        println!(
+            "{node_count} nodes (churn {churn}): {} seeds passed, {} snapshots installed, {} \
+             entries committed",
+            summary.seeds_run, summary.snapshots_installed, summary.committed_entries
+        );
+    }
 }
 
 fn canary_finds_violation(canary: Canary, release_checks: bool) {
@@ -98,6 +150,10 @@ fn canary_finds_violation(canary: Canary, release_checks: bool) {
     // Figure 8 and lost votes show; four groups give each seed four chances.
     let mut template = SimConfig::new(first_seed, 3, 4);
     template.canary = Some(canary);
+    if canary == Canary::SnapshotAckedBeforePersist {
+        // Snapshots must be frequent for the broken rule to matter.
+        template.snapshot_every = Some(3);
+    }
     template.release_checks = release_checks;
     template.churn = true;
     // A canary may also stall a healed cluster; only a safety violation counts as caught.
@@ -143,6 +199,21 @@ fn sim_canary_vote_not_persisted_is_caught() {
     // A core that grants votes without persisting them (§5.2, Figure 2) is caught as the
     // grant leaves before the vote is durable.
     canary_finds_violation(Canary::VoteNotPersisted, true);
+}
+
+#[test]
+fn sim_canary_snapshot_acked_before_persist_is_caught() {
+    // A follower that acknowledges an installed snapshot before it is durable (thesis §5)
+    // is caught as the acknowledgement leaves ahead of the durable log.
+    canary_finds_violation(Canary::SnapshotAckedBeforePersist, true);
+}
+
+#[test]
+fn sim_canary_snapshot_acked_before_persist_is_caught_through_crashes() {
+    // Without the check on messages as they leave, the same bug is caught end to end: a
+    // follower crashes with its acknowledged snapshot undurable, and a committed entry ends
+    // up on fewer than a quorum of durable logs, or a new leader lacks it.
+    canary_finds_violation(Canary::SnapshotAckedBeforePersist, false);
 }
 
 #[test]
