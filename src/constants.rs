@@ -153,8 +153,9 @@ pub const MESH_CHANNEL_CAPACITY: usize = 1024;
 pub const TICKS_PER_WAKE_MAX: u32 = 5;
 /// How long a stopping server waits for its leaderships to move and its WAL writes to end.
 pub const SHUTDOWN_DRAIN_MS: u64 = 3000;
-/// How long a stopped core keeps its client connections open answering `ShuttingDown`, so
-/// a busy client learns to go elsewhere instead of finding its connection reset.
+/// The longest a stopped core waits for its last peer frames to be written and its clients
+/// to close their connections, answering `ShuttingDown` meanwhile so a busy client learns to
+/// go elsewhere instead of finding its connection reset. Idle clients keep it this long.
 pub const SHUTDOWN_LINGER_MS: u64 = 300;
 /// How long a starting server retries binding a peer port that is in use (a killed
 /// predecessor's sockets linger briefly while its io_uring is torn down).

@@ -87,7 +87,7 @@ enum Command {
     /// --data-dir and rejoins. SIGTERM or Ctrl-C stops it gracefully (exit status 0).
     Server(ServerArgs),
     /// Start a local cluster of `ringraft server` processes on this machine, print how to reach
-    /// it, and stop every node cleanly on Ctrl-C.
+    /// it, and stop the nodes cleanly one at a time on Ctrl-C (a second Ctrl-C kills them).
     Cluster(ClusterArgs),
 }
 
@@ -325,7 +325,15 @@ fn run(command: Command) -> anyhow::Result<()> {
             println!("ringraft {} ({profile})", env!("CARGO_PKG_VERSION"));
         }
         Command::Sim(args) => sim(&args)?,
-        Command::Server(args) => server(args)?,
+        Command::Server(args) => {
+            let node = args.node_id;
+            if let Err(error) = server(args) {
+                // The server's stderr is its log: the error goes there as a log line too.
+                let _span = tracing::error_span!("node", node, core = %"main").entered();
+                tracing::error!("{error:#}");
+                std::process::exit(1);
+            }
+        }
         Command::Cluster(args) => cluster::run(&args)?,
     }
     Ok(())
@@ -342,6 +350,10 @@ fn server(args: ServerArgs) -> anyhow::Result<()> {
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // A panic becomes a log line of the panicking thread, inside its node/core span.
+    std::panic::set_hook(Box::new(|info| {
+        tracing::error!("{info} (a bug: please report it with this log)");
+    }));
     let cores = match args.cores {
         Some(cores) => cores,
         None => std::thread::available_parallelism().map_or(1, usize::from),
@@ -509,21 +521,36 @@ fn print_status(client: &mut Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `ringraft cluster`: local server processes, their endpoints, and a clean stop on Ctrl-C.
+/// `ringraft cluster`: local server processes, their endpoints, and an ordered stop on Ctrl-C:
+/// one node at a time, so each hands its leaderships to nodes that are still up.
 mod cluster {
+    use std::os::unix::process::CommandExt;
     use std::path::Path;
-    use std::process::{Child, Command, Stdio};
-    use std::time::Duration;
+    use std::process::{Child, Command, ExitStatus, Stdio};
+    use std::time::{Duration, Instant};
 
     use anyhow::Context;
+    use ringraft::constants::{SHUTDOWN_DRAIN_MS, SHUTDOWN_LINGER_MS};
+    use ringraft::reactor::signals;
 
     use super::ClusterArgs;
 
     /// How often the launcher looks at its children while waiting (a CLI, not a test).
-    const POLL_INTERVAL: Duration = Duration::from_millis(100);
+    const POLL_INTERVAL: Duration = Duration::from_millis(50);
+    /// How long one node may take to stop before it is killed: its own drain deadline and
+    /// linger, with room for a loaded machine.
+    const NODE_STOP_DEADLINE: Duration =
+        Duration::from_millis(SHUTDOWN_DRAIN_MS + SHUTDOWN_LINGER_MS + 5_000);
+
+    struct Node {
+        id: usize,
+        child: Child,
+        /// Set once the child has been reaped.
+        status: Option<ExitStatus>,
+    }
 
     pub fn run(args: &ClusterArgs) -> anyhow::Result<()> {
-        ringraft::reactor::signals::install().context("installing the Ctrl-C handler")?;
+        signals::install().context("installing the Ctrl-C handler")?;
         let node_count = u16::try_from(args.nodes).context("--nodes")?;
         let port = |offset: u16| -> anyhow::Result<u16> {
             args.base_port
@@ -540,13 +567,17 @@ mod cluster {
         std::fs::create_dir_all(&args.dir)
             .with_context(|| format!("creating {}", args.dir.display()))?;
         let exe = std::env::current_exe().context("finding the ringraft executable")?;
-        let mut children = Vec::new();
+        let mut nodes = Vec::new();
         for (index, client) in clients.iter().enumerate() {
-            let node = index + 1;
-            match spawn_node(&exe, args, node, &peers, client) {
-                Ok(child) => children.push((node, child)),
+            let id = index + 1;
+            match spawn_node(&exe, args, id, &peers, client) {
+                Ok(child) => nodes.push(Node {
+                    id,
+                    child,
+                    status: None,
+                }),
                 Err(error) => {
-                    if let Err(stop_error) = stop_all(&mut children) {
+                    if let Err(stop_error) = stop_in_order(&mut nodes) {
                         eprintln!("{stop_error:#}");
                     }
                     return Err(error);
@@ -555,11 +586,12 @@ mod cluster {
         }
         let endpoints = clients.join(",");
         println!("ringraft cluster of {} nodes", node_count);
-        for (index, client) in clients.iter().enumerate() {
-            let log = args.dir.join(format!("node-{}.log", index + 1));
+        for (node, client) in nodes.iter().zip(&clients) {
+            let log = args.dir.join(format!("node-{}.log", node.id));
             println!(
-                "  node {}: clients {client}, log {}",
-                index + 1,
+                "  node {}: pid {}, clients {client}, log {}",
+                node.id,
+                node.child.id(),
                 log.display()
             );
         }
@@ -567,8 +599,9 @@ mod cluster {
         println!("  ringraft put hello world --endpoints {endpoints}");
         println!("  ringraft get hello --endpoints {endpoints}");
         println!("  ringraft status --endpoints {endpoints}");
-        println!("Ctrl-C stops every node.");
-        wait(&mut children)
+        println!("Ctrl-C stops the nodes one at a time; a second Ctrl-C kills them at once.");
+        wait_for_stop(&mut nodes);
+        stop_in_order(&mut nodes)
     }
 
     fn spawn_node(
@@ -594,7 +627,21 @@ mod cluster {
             .arg(args.dir.join(format!("node-{node}")))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log);
+            .stderr(log)
+            // A process group of its own: the terminal's Ctrl-C reaches the launcher only,
+            // which then stops the nodes in order.
+            .process_group(0);
+        // SAFETY: prctl is async-signal-safe and touches only the child's own settings; the
+        // closure allocates nothing.
+        unsafe {
+            command.pre_exec(|| {
+                // If the launcher dies without stopping the nodes, each still gets SIGTERM.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         if let Some(cores) = args.cores {
             command.arg("--cores").arg(cores.to_string());
         }
@@ -603,47 +650,112 @@ mod cluster {
             .with_context(|| format!("starting node {node} ({})", exe.display()))
     }
 
-    /// Waits until Ctrl-C (or SIGTERM), then stops every node and waits for them.
-    fn wait(children: &mut Vec<(usize, Child)>) -> anyhow::Result<()> {
-        let mut exited = std::collections::BTreeSet::new();
-        while !ringraft::reactor::signals::stop_requested() && exited.len() < children.len() {
+    /// Waits until Ctrl-C (or SIGTERM), or until every node has exited on its own; reports
+    /// each node that exits meanwhile.
+    fn wait_for_stop(nodes: &mut [Node]) {
+        while !signals::stop_requested() && nodes.iter().any(|node| node.status.is_none()) {
             std::thread::sleep(POLL_INTERVAL);
-            for (node, child) in children.iter_mut() {
-                if let Ok(Some(status)) = child.try_wait()
-                    && exited.insert(*node)
-                {
-                    eprintln!("node {node} exited ({status}); see its log");
+            for node in nodes.iter_mut().filter(|node| node.status.is_none()) {
+                if let Ok(Some(status)) = node.child.try_wait() {
+                    node.status = Some(status);
+                    eprintln!(
+                        "node {} exited on its own ({status}); see its log for why",
+                        node.id
+                    );
                 }
             }
         }
-        println!("stopping {} nodes", children.len() - exited.len());
-        stop_all(children)
     }
 
-    fn stop_all(children: &mut Vec<(usize, Child)>) -> anyhow::Result<()> {
-        for (_, child) in children.iter() {
-            if let Ok(pid) = i32::try_from(child.id()) {
-                // SAFETY: kill(2) on a child we started and have not yet reaped.
-                unsafe {
-                    libc::kill(pid, libc::SIGTERM);
-                }
+    /// Stops the running nodes one at a time: SIGTERM, then wait for the exit (killing the
+    /// node after `NODE_STOP_DEADLINE`). A second Ctrl-C kills every node still running.
+    fn stop_in_order(nodes: &mut [Node]) -> anyhow::Result<()> {
+        let running = nodes.iter().filter(|node| node.status.is_none()).count();
+        println!("stopping {running} nodes one at a time");
+        for node in nodes.iter_mut().filter(|node| node.status.is_none()) {
+            if signals::signals_received() >= 2 {
+                break;
             }
+            stop_one(node);
         }
-        let mut failed = Vec::new();
-        for (node, child) in children.drain(..) {
-            let mut child = child;
-            let status = child
-                .wait()
-                .with_context(|| format!("waiting for node {node}"))?;
-            if !status.success() {
-                failed.push(format!("node {node}: {status}"));
-            }
-        }
+        kill_running(nodes);
+        let failed: Vec<String> = nodes
+            .iter()
+            .filter_map(|node| match node.status {
+                Some(status) if status.success() => None,
+                Some(status) => Some(format!("node {}: {status}", node.id)),
+                None => Some(format!("node {}: not reaped", node.id)),
+            })
+            .collect();
         if failed.is_empty() {
             println!("all nodes stopped cleanly");
             Ok(())
         } else {
             anyhow::bail!("nodes did not stop cleanly: {}", failed.join(", "))
+        }
+    }
+
+    /// SIGTERM to one node and its exit awaited; killed after the deadline or on a second
+    /// Ctrl-C (then the caller kills the rest).
+    fn stop_one(node: &mut Node) {
+        println!("stopping node {}", node.id);
+        signal(&node.child, libc::SIGTERM);
+        let started = Instant::now();
+        loop {
+            match node.child.try_wait() {
+                Ok(Some(status)) => {
+                    node.status = Some(status);
+                    println!(
+                        "node {} stopped: {status} after {:.1} s",
+                        node.id,
+                        started.elapsed().as_secs_f64()
+                    );
+                    return;
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    eprintln!("node {}: cannot wait for it: {error}", node.id);
+                    return;
+                }
+            }
+            if signals::signals_received() >= 2 {
+                return;
+            }
+            if started.elapsed() >= NODE_STOP_DEADLINE {
+                eprintln!(
+                    "node {} did not stop within {} s: killing it (see its log)",
+                    node.id,
+                    NODE_STOP_DEADLINE.as_secs()
+                );
+                kill_running(std::slice::from_mut(node));
+                return;
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// SIGKILL to every node still running, then reaps them.
+    fn kill_running(nodes: &mut [Node]) {
+        for node in nodes.iter().filter(|node| node.status.is_none()) {
+            signal(&node.child, libc::SIGKILL);
+        }
+        for node in nodes.iter_mut().filter(|node| node.status.is_none()) {
+            match node.child.wait() {
+                Ok(status) => {
+                    println!("node {} killed: {status}", node.id);
+                    node.status = Some(status);
+                }
+                Err(error) => eprintln!("node {}: cannot wait for it: {error}", node.id),
+            }
+        }
+    }
+
+    fn signal(child: &Child, signal: libc::c_int) {
+        if let Ok(pid) = i32::try_from(child.id()) {
+            // SAFETY: kill(2) on a child we started and have not yet reaped.
+            unsafe {
+                libc::kill(pid, signal);
+            }
         }
     }
 }

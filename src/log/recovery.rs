@@ -351,9 +351,10 @@ impl Recovery {
     }
 }
 
-/// The first torn write at or after the active segment, logged: it is cut, not refused.
+/// The first torn write at or after the active segment: it is cut, not refused.
+/// Not logged here: the caller logs it with node, core and the time recovery took.
 fn find_torn_tail(scans: &[SegmentScan]) -> Option<TornTail> {
-    let torn = scans
+    scans
         .iter()
         .find(|scan| scan.remnant_end.is_some())
         .map(|scan| TornTail {
@@ -362,16 +363,7 @@ fn find_torn_tail(scans: &[SegmentScan]) -> Option<TornTail> {
             reason: scan.stop.as_ref().map_or_else(String::new, |stop| {
                 format!("at {}: {}", stop.offset, stop.reason)
             }),
-        });
-    if let Some(torn) = &torn {
-        tracing::warn!(
-            segment = %torn.segment,
-            offset = torn.offset,
-            reason = %torn.reason,
-            "WAL: cut the torn tail of an unfinished write"
-        );
-    }
-    torn
+        })
 }
 
 /// Repairs for the active segment and the spares: a header written again where a crash

@@ -47,7 +47,7 @@ pub async fn accept_loop<F, Fut>(
             Ok(stream) => {
                 let peer = stream.peer_addr().ok();
                 if let Err(error) = stream.set_nodelay(true) {
-                    tracing::warn!(node = %context.node, core = %context.core, %error,
+                    tracing::warn!(%error,
                         "cannot set TCP_NODELAY on a {what} connection; continuing");
                 }
                 let task = glommio::spawn_local_into(
@@ -59,7 +59,7 @@ pub async fn accept_loop<F, Fut>(
                 }
             }
             Err(error) => {
-                tracing::warn!(node = %context.node, core = %context.core, %error,
+                tracing::warn!(%error,
                     "accepting a {what} connection failed (out of file descriptors? raise `ulimit -n`)");
                 glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
             }
@@ -109,7 +109,7 @@ async fn serve_connection(context: Rc<CoreContext>, stream: TcpStream, peer: Opt
     };
     match reason {
         PeerError::Closed => {}
-        reason => tracing::warn!(node = %context.node, core = %context.core, client = ?peer,
+        reason => tracing::warn!(client = ?peer,
             %reason, "closing client connection: bad frame (see docs/protocol.md)"),
     }
     context.unregister_connection(connection);

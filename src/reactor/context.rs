@@ -105,6 +105,30 @@ impl StatusBoard {
     }
 }
 
+/// Wakes the one task waiting for a condition that other tasks may have changed (a
+/// doorbell: rings while nobody waits are remembered as one).
+pub struct Bell {
+    ring: LocalSender<()>,
+    waiter: LocalReceiver<()>,
+}
+
+impl Bell {
+    pub fn new() -> Rc<Bell> {
+        let (ring, waiter) = local_channel::new_bounded(1);
+        Rc::new(Bell { ring, waiter })
+    }
+
+    pub fn ring(&self) {
+        // Full: already rung, and one ring wakes the waiter as well as many.
+        let _ = self.ring.try_send(());
+    }
+
+    /// Returns at the next ring (at once if rung since the last wait).
+    pub async fn wait(&self) {
+        let _ = self.waiter.recv().await;
+    }
+}
+
 /// One client connection as the rest of the core sees it.
 struct ConnectionSlot {
     writer: LocalSender<Vec<u8>>,
@@ -129,6 +153,9 @@ pub struct CoreContext {
     next_connection: Cell<u64>,
     /// Set once the core stops taking new client requests into the shard.
     stopping: Cell<bool>,
+    /// Rung when a client connection closes or a peer link has written all it was given:
+    /// what a stopped core waits for before it exits.
+    pub settled: Rc<Bell>,
 }
 
 /// Who a core is, within its node.
@@ -165,6 +192,7 @@ impl CoreContext {
             connections: RefCell::new(HashMap::new()),
             next_connection: Cell::new(0),
             stopping: Cell::new(false),
+            settled: Bell::new(),
         };
         (Rc::new(context), ring)
     }
@@ -213,7 +241,7 @@ impl CoreContext {
             .get(usize::from(core.0))
             .and_then(Option::clone);
         let Some(sender) = sender else {
-            tracing::error!(node = %self.node, core = %self.core, target = %core,
+            tracing::error!(to_core = %core,
                 "no channel to core {core}: message dropped (a bug; please report it)");
             return;
         };
@@ -254,6 +282,7 @@ impl CoreContext {
 
     pub fn unregister_connection(&self, connection: u64) {
         self.connections.borrow_mut().remove(&connection);
+        self.settled.ring();
     }
 
     /// Hands a response frame to a connection of this core. `counted`: the frame answers a

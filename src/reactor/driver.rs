@@ -104,7 +104,7 @@ pub async fn run_wal(
                         .map(|(group, persist)| (*group, persist))
                         .collect();
                     if let Err(error) = log.append(&batch).await {
-                        wal_failed(&context, "append", &error);
+                        wal_failed("append", &error);
                     }
                     queue
                         .appends_pending
@@ -115,7 +115,7 @@ pub async fn run_wal(
                 }
                 WalJob::Fetch(group, fetch) => match log.fetch_for(group, &fetch).await {
                     Ok(entries) => context.push(Input::Fetched(group, entries)),
-                    Err(error) => wal_failed(&context, "read back", &error),
+                    Err(error) => wal_failed("read back", &error),
                 },
             }
         }
@@ -123,13 +123,13 @@ pub async fn run_wal(
         if log.spares_short()
             && let Err(error) = log.prepare_spares().await
         {
-            wal_failed(&context, "prepare spare segments", &error);
+            wal_failed("prepare spare segments", &error);
         }
     }
 }
 
-fn wal_failed(context: &CoreContext, what: &str, error: &dyn std::fmt::Display) -> ! {
-    tracing::error!(node = %context.node, core = %context.core, %error,
+fn wal_failed(what: &str, error: &dyn std::fmt::Display) -> ! {
+    tracing::error!(%error,
         "WAL {what} failed: stopping the node; check the disk and restart it (recovery trusts only checksummed records)");
     std::process::exit(EXIT_WAL_FAILED);
 }
@@ -175,7 +175,7 @@ pub async fn run_mesh_receiver(
                     Ok(request) => {
                         context.push(Input::Client(origin, request, bytes::Bytes::from(payload)));
                     }
-                    Err((_, error)) => tracing::error!(node = %context.node, core = %context.core,
+                    Err((_, error)) => tracing::error!(
                         %error, "a forwarded request no longer decodes (a bug; please report it)"),
                 }
             }
@@ -216,7 +216,7 @@ pub async fn run_driver<S: ShardCore>(
                 Input::Peer(batch, permit) => {
                     let from = batch.from;
                     if let Err(error) = shard.on_peer_batch(batch) {
-                        tracing::warn!(node = %context.node, core = %context.core, peer = %from,
+                        tracing::warn!(peer = %from,
                             %error, "batch from a peer refused");
                     }
                     drop(permit);
@@ -227,8 +227,9 @@ pub async fn run_driver<S: ShardCore>(
                 Input::WalDurable(ticket) => shard.on_wal_durable(ticket),
                 Input::Fetched(group, entries) => shard.on_fetched(group, entries),
                 Input::Stop => {
-                    tracing::info!(node = %context.node, core = %context.core,
-                        "stop requested: handing over leaderships, finishing WAL writes");
+                    tracing::info!(
+                        "stop requested: handing over leaderships, finishing WAL writes"
+                    );
                     context.set_stopping();
                     shard.begin_shutdown();
                     stop_deadline = Some(Instant::now() + Duration::from_millis(SHUTDOWN_DRAIN_MS));
@@ -254,16 +255,33 @@ pub async fn run_driver<S: ShardCore>(
             let drained = shard.is_drained() && shard.in_flight_count() == 0;
             if (drained || Instant::now() >= deadline) && links.wal.is_idle() {
                 if !drained {
-                    tracing::warn!(node = %context.node, core = %context.core,
-                        in_flight = shard.in_flight_count(),
-                        "stopping before every leadership was handed over and every accepted \
-                         request answered (drain deadline passed)");
+                    log_undrained(&shard);
                 }
-                tracing::info!(node = %context.node, core = %context.core, "core stopped");
+                tracing::info!("core stopped");
                 return;
             }
         }
     }
+}
+
+/// The drain deadline passed: names what is left, so the operator knows what follows.
+fn log_undrained<S: ShardCore>(shard: &S) {
+    for group in shard.status() {
+        if group.role == crate::raft::RoleKind::Leader {
+            tracing::warn!(group = %group.group, term = %group.term,
+                "stopping while still leading the group (drain deadline passed): its other \
+                 nodes elect a leader after an election timeout; check they run (`ringraft status`)");
+        }
+    }
+    let in_flight = shard.in_flight_count();
+    if in_flight == 0 {
+        return;
+    }
+    tracing::warn!(
+        in_flight,
+        "stopping with client requests unanswered (drain deadline passed): their clients \
+         see the connection close and must check whether their writes took effect"
+    );
 }
 
 /// Carries out one round's output.
@@ -273,10 +291,11 @@ fn dispatch(
     builder: &mut FlatBufferBuilder<'static>,
     out: &mut ShardOutput,
 ) {
+    crate::reactor::events::log_events(&mut out.events);
     for batch in out.batches.drain(..) {
         match links.peers.get(&batch.to) {
             Some(link) => link.send(encode_frame(builder, &batch, context.core)),
-            None => tracing::error!(node = %context.node, core = %context.core, peer = %batch.to,
+            None => tracing::error!(peer = %batch.to,
                 "the shard addressed a node that is not in --peers (a bug; please report it)"),
         }
     }

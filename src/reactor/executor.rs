@@ -82,6 +82,9 @@ pub struct ExecutorConfig {
     /// Spin this long before parking when idle. `None` (the default) parks at once: spinning
     /// helps only when every executor has a core of its own.
     pub spin_before_park: Option<Duration>,
+    /// Entered on the executor's thread for its whole life, so every log line of the
+    /// thread (glommio's own included) carries the span's fields. None by default.
+    pub span: tracing::Span,
 }
 
 impl ExecutorConfig {
@@ -93,6 +96,7 @@ impl ExecutorConfig {
             placement: CorePlacement::Unbound,
             io_memory_bytes: EXECUTOR_IO_MEMORY_BYTES_DEFAULT,
             spin_before_park: None,
+            span: tracing::Span::none(),
         }
     }
 
@@ -220,6 +224,7 @@ where
     let thread = thread::Builder::new()
         .name(config.name.clone())
         .spawn(move || {
+            let _entered = thread_config.span.clone().entered();
             let executor = match thread_config.make() {
                 Ok(executor) => executor,
                 Err(error) => {

@@ -9,6 +9,7 @@ pub mod client;
 pub mod context;
 pub mod disk;
 pub mod driver;
+pub mod events;
 pub mod executor;
 pub mod gather;
 pub mod peer;

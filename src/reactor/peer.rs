@@ -7,7 +7,7 @@
 //!
 //! It must not decide anything about Raft: batches go in and out unread beyond validation.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -25,6 +25,7 @@ use crate::constants::{
     PEER_RECONNECT_BACKOFF_MAX_MS, PEER_RECONNECT_BACKOFF_MIN_MS,
 };
 use crate::ids::{CoreId, NodeId};
+use crate::reactor::context::Bell;
 use crate::reactor::gather::gather_frames;
 use crate::shard::{Batch, BatchError};
 use crate::wire::frame::FRAME_HEADER_BYTES;
@@ -165,18 +166,62 @@ pub struct PeerLink {
     queue: LocalSender<Vec<u8>>,
     /// Frames dropped because the queue was full (the peer is slow or unreachable).
     dropped: RefCell<u64>,
+    state: Rc<LinkState>,
+}
+
+/// What the sending half and the link task both see of the link.
+struct LinkState {
+    /// Bytes of frames queued and not yet written to the socket (nor lost with a
+    /// connection). Counted in bytes because the writer gathers several frames per write.
+    unwritten_bytes: Cell<usize>,
+    connected: Cell<bool>,
+    /// Rung when `unwritten_bytes` reaches zero or the connection goes down.
+    settled: Rc<Bell>,
+}
+
+impl LinkState {
+    fn bytes_done(&self, written_bytes: usize) {
+        let unwritten_bytes = self.unwritten_bytes.get();
+        assert!(
+            written_bytes <= unwritten_bytes,
+            "peer link wrote {written_bytes} bytes but only {unwritten_bytes} were queued"
+        );
+        self.unwritten_bytes.set(unwritten_bytes - written_bytes);
+        if unwritten_bytes == written_bytes {
+            self.settled.ring();
+        }
+    }
+
+    fn set_connected(&self, connected: bool) {
+        self.connected.set(connected);
+        if !connected {
+            self.settled.ring();
+        }
+    }
 }
 
 impl PeerLink {
     /// Queues a frame; drops it when the queue is full (Raft retransmits what matters).
     pub fn send(&self, frame: Vec<u8>) {
-        if self.queue.try_send(frame).is_err() {
+        let frame_bytes = frame.len();
+        if self.queue.try_send(frame).is_ok() {
+            let unwritten_bytes = self.state.unwritten_bytes.get();
+            self.state
+                .unwritten_bytes
+                .set(unwritten_bytes + frame_bytes);
+        } else {
             let mut dropped = self.dropped.borrow_mut();
             *dropped += 1;
             if dropped.is_power_of_two() {
-                tracing::debug!(node = %self.hello.from, core = %self.hello.core, peer = %self.hello.to, dropped = *dropped, "peer queue full: frames dropped");
+                tracing::debug!(peer = %self.hello.to, dropped = *dropped, "peer queue full: frames dropped");
             }
         }
+    }
+
+    /// Whether every frame given has been written to the socket, or the link is down (its
+    /// frames then wait for a reconnection nobody may be around to see).
+    pub fn is_flushed(&self) -> bool {
+        !self.state.connected.get() || self.state.unwritten_bytes.get() == 0
     }
 }
 
@@ -186,6 +231,8 @@ pub struct LinkTarget {
     pub address: SocketAddr,
     /// Set while the connection is up (read by `Status`), when this link reports for its node.
     pub up: Option<Arc<AtomicBool>>,
+    /// Rung when the link has written everything it was given or lost its connection.
+    pub settled: Rc<Bell>,
 }
 
 /// Starts the link task (in the caller's task queue) and returns its sending half.
@@ -193,7 +240,12 @@ pub fn spawn_link(target: LinkTarget, queue: glommio::TaskQueueHandle) -> Rc<Pee
     let (sender, receiver) = local_channel::new_bounded(PEER_QUEUE_FRAMES_MAX);
     let hello = target.hello;
     let node = hello.to;
-    let task = glommio::spawn_local_into(run_link(target, receiver), queue);
+    let state = Rc::new(LinkState {
+        unwritten_bytes: Cell::new(0),
+        connected: Cell::new(false),
+        settled: target.settled.clone(),
+    });
+    let task = glommio::spawn_local_into(run_link(target, receiver, state.clone()), queue);
     match task {
         Ok(task) => task.detach(),
         Err(error) => panic!("spawning the link to node {node}: {error}"),
@@ -202,10 +254,11 @@ pub fn spawn_link(target: LinkTarget, queue: glommio::TaskQueueHandle) -> Rc<Pee
         hello,
         queue: sender,
         dropped: RefCell::new(0),
+        state,
     })
 }
 
-async fn run_link(target: LinkTarget, frames: LocalReceiver<Vec<u8>>) {
+async fn run_link(target: LinkTarget, frames: LocalReceiver<Vec<u8>>, state: Rc<LinkState>) {
     let mut backoff = Duration::from_millis(PEER_RECONNECT_BACKOFF_MIN_MS);
     let mut failures: u64 = 0;
     let peer = target.hello.to;
@@ -213,21 +266,25 @@ async fn run_link(target: LinkTarget, frames: LocalReceiver<Vec<u8>>) {
     loop {
         match connect(&target).await {
             Ok(mut stream) => {
-                tracing::info!(node = %target.hello.from, core = %target.hello.core, peer = %peer,
+                tracing::info!(peer = %peer,
                     address = %target.address, "peer connection up");
                 set_up(&target, true);
+                state.set_connected(true);
                 backoff = Duration::from_millis(PEER_RECONNECT_BACKOFF_MIN_MS);
                 failures = 0;
                 let reason = loop {
                     if !gather_frames(&frames, &mut gathered).await {
                         return;
                     }
-                    if let Err(error) = stream.write_all(&gathered).await {
+                    let written = stream.write_all(&gathered).await;
+                    state.bytes_done(gathered.len());
+                    if let Err(error) = written {
                         break error;
                     }
                 };
                 set_up(&target, false);
-                tracing::warn!(node = %target.hello.from, core = %target.hello.core, peer = %peer,
+                state.set_connected(false);
+                tracing::warn!(peer = %peer,
                     address = %target.address, error = %reason,
                     "peer connection down; reconnecting (check that node {peer} runs)");
             }
@@ -235,7 +292,7 @@ async fn run_link(target: LinkTarget, frames: LocalReceiver<Vec<u8>>) {
                 failures += 1;
                 // The first failure and then every 32nd, so a long-dead peer does not flood the log.
                 if failures == 1 || failures.is_multiple_of(32) {
-                    tracing::warn!(node = %target.hello.from, core = %target.hello.core, peer = %peer,
+                    tracing::warn!(peer = %peer,
                         address = %target.address, %error, failures,
                         "cannot connect to peer; retrying with backoff (is node {peer} started and is --peers right?)");
                 }

@@ -133,7 +133,7 @@ async fn serve(context: Rc<CoreContext>, stream: TcpStream, peer: Option<SocketA
         }
     };
     if let Some(reason) = reason {
-        tracing::warn!(node = %context.node, core = %context.core, client = ?peer, %reason,
+        tracing::warn!(client = ?peer, %reason,
             "closing RESP connection");
     }
     // Let the last command be answered before the connection's slot goes.

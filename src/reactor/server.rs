@@ -2,7 +2,12 @@
 //! `<data-dir>/core-<n>/`, building its shard from what the WAL restored, joining the channel
 //! mesh, linking to the same core of every peer node, listening for clients (every core) and
 //! for peers (core 0, which hands each accepted connection to the core its hello names), and
-//! driving its shard until a stop (SIGTERM/SIGINT) has drained it.
+//! driving its shard until a stop (SIGTERM/SIGINT) has drained it, then lingering until
+//! its last peer frames are written and its clients have gone (`SHUTDOWN_LINGER_MS` at most).
+//!
+//! Logging: the main thread runs in a span `node{node, core=main}` and each executor thread
+//! in a span `core{node, core}`, so every line of the server carries node and core; lines
+//! about a group add `group` and `term` (reactor::events).
 //!
 //! Raft I/O (driver, WAL, peers) and client traffic run in separate task queues. The peer
 //! port is bound with std (which refuses a port another process holds; glommio's bind would
@@ -33,7 +38,8 @@ use crate::reactor::driver::{
 };
 use crate::reactor::executor::{CorePlacement, ExecutorConfig, ExecutorError, spawn_executor};
 use crate::reactor::peer::{
-    HELLO_BYTES, Hello, LinkTarget, PeerError, check_hello, read_batches, read_frame, spawn_link,
+    HELLO_BYTES, Hello, LinkTarget, PeerError, PeerLink, check_hello, read_batches, read_frame,
+    spawn_link,
 };
 use crate::reactor::resp::run_resp_listener;
 use crate::reactor::shard_api::{ShardConfig, ShardCore, ShardFactory};
@@ -81,9 +87,10 @@ pub fn run_server<S: ShardCore + 'static>(
     options: ServerOptions,
     factory: ShardFactory<S>,
 ) -> Result<(), ServerError> {
+    let _span = tracing::error_span!("node", node = %config.node, core = %"main").entered();
     crate::reactor::signals::install().map_err(ServerError::Signals)?;
     let peer_address = config.peer_address();
-    let peer_listener = bind_peer_port(config.node, peer_address)?;
+    let peer_listener = bind_peer_port(peer_address)?;
     let nodes: Vec<NodeId> = config.peers.nodes().collect();
     let board = Arc::new(StatusBoard::new(config.cores, &nodes, config.node));
     let (mut senders, mut receivers) = mesh_channels(config.cores);
@@ -101,6 +108,8 @@ pub fn run_server<S: ShardCore + 'static>(
             factory,
         };
         let mut executor = ExecutorConfig::new(&format!("ringraft-core-{index}"));
+        executor.span =
+            tracing::error_span!(parent: None, "core", node = %config.node, core = index);
         if config.pin {
             executor.placement = CorePlacement::Pinned { cpu: index };
         }
@@ -109,7 +118,7 @@ pub fn run_server<S: ShardCore + 'static>(
         }
         handles.push(spawn_executor(&executor, move || run_core(setup))?);
     }
-    tracing::info!(node = %config.node, peers = %peer_address, clients = %config.client,
+    tracing::info!(peers = %peer_address, clients = %config.client,
         cores = config.cores, groups = config.groups, "ringraft server started");
     let mut first_error = None;
     for handle in handles {
@@ -118,7 +127,7 @@ pub fn run_server<S: ShardCore + 'static>(
             .map_err(ServerError::from)
             .and_then(|inner| inner);
         if let Err(error) = result {
-            tracing::error!(node = %config.node, %error, "core failed");
+            tracing::error!(%error, "core failed: stopping the other cores");
             // Other cores keep running without this one only to no purpose: stop them.
             crate::reactor::signals::request_stop();
             first_error.get_or_insert(error);
@@ -127,7 +136,7 @@ pub fn run_server<S: ShardCore + 'static>(
     match first_error {
         Some(error) => Err(error),
         None => {
-            tracing::info!(node = %config.node, "server stopped");
+            tracing::info!("server stopped");
             Ok(())
         }
     }
@@ -136,7 +145,7 @@ pub fn run_server<S: ShardCore + 'static>(
 /// Binds the peer port with std, which refuses a port another process listens on. A port
 /// still held for a moment by a killed predecessor (its io_uring is torn down after it has
 /// exited) is retried for `PEER_BIND_RETRY_MS`.
-fn bind_peer_port(node: NodeId, address: SocketAddr) -> Result<std::net::TcpListener, ServerError> {
+fn bind_peer_port(address: SocketAddr) -> Result<std::net::TcpListener, ServerError> {
     let deadline = Instant::now() + Duration::from_millis(PEER_BIND_RETRY_MS);
     let mut warned = false;
     loop {
@@ -146,8 +155,9 @@ fn bind_peer_port(node: NodeId, address: SocketAddr) -> Result<std::net::TcpList
                 if reason.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline =>
             {
                 if !warned {
-                    tracing::warn!(node = %node, %address,
-                        "peer port in use; retrying briefly (a previous instance may still be closing)");
+                    tracing::warn!(%address,
+                        "peer port in use; retrying briefly (a previous instance may still be \
+                         closing; if this fails, stop whatever holds the port or fix --peers)");
                     warned = true;
                 }
                 // Start-up only, before any executor runs.
@@ -226,7 +236,6 @@ async fn run_core<S: ShardCore + 'static>(setup: CoreSetup<S>) -> Result<(), Ser
             detail: error.to_string(),
         })?;
     spawn(
-        &context,
         run_client_listener(context.clone(), client_listener),
         client_queue,
     );
@@ -235,23 +244,16 @@ async fn run_core<S: ShardCore + 'static>(setup: CoreSetup<S>) -> Result<(), Ser
             address,
             detail: error.to_string(),
         })?;
-        spawn(
-            &context,
-            run_resp_listener(context.clone(), listener),
-            client_queue,
-        );
+        spawn(run_resp_listener(context.clone(), listener), client_queue);
     }
     if let Some(fd) = setup.peer_fd {
         // SAFETY: the fd is a listening TCP socket bound by std in `run_server`, handed to this
         // core alone.
         let listener = unsafe { TcpListener::from_raw_fd(fd) };
-        spawn(
-            &context,
-            run_peer_listener(context.clone(), listener),
-            raft_queue,
-        );
+        spawn(run_peer_listener(context.clone(), listener), raft_queue);
     }
     let mut peers = std::collections::HashMap::new();
+    let settled = context.settled.clone();
     for node in nodes.iter().copied().filter(|&node| node != config.node) {
         let Some(address) = config.peers.address(node) else {
             continue;
@@ -268,20 +270,24 @@ async fn run_core<S: ShardCore + 'static>(setup: CoreSetup<S>) -> Result<(), Ser
         };
         peers.insert(
             node,
-            spawn_link(LinkTarget { hello, address, up }, raft_queue),
+            spawn_link(
+                LinkTarget {
+                    hello,
+                    address,
+                    up,
+                    settled: settled.clone(),
+                },
+                raft_queue,
+            ),
         );
     }
     let (wal_queue, wal_ring) = WalQueue::new();
     spawn(
-        &context,
         run_wal(context.clone(), log, wal_queue.clone(), wal_ring),
         raft_queue,
     );
-    spawn(
-        &context,
-        run_ticks(context.clone(), config.timing.tick),
-        raft_queue,
-    );
+    spawn(run_ticks(context.clone(), config.timing.tick), raft_queue);
+    let links_to_flush: Vec<Rc<PeerLink>> = peers.values().cloned().collect();
     let links = DriverLinks {
         peers,
         wal: wal_queue,
@@ -290,14 +296,48 @@ async fn run_core<S: ShardCore + 'static>(setup: CoreSetup<S>) -> Result<(), Ser
         glommio::spawn_local_into(run_driver(context.clone(), shard, links, ring), raft_queue)
             .map_err(|_| ServerError::Mesh { core })?;
     driver.await;
-    // The context stays stopping: every request still arriving is answered `ShuttingDown`
-    // (the client retries it elsewhere) rather than lost with the connection.
-    glommio::timer::sleep(Duration::from_millis(SHUTDOWN_LINGER_MS)).await;
+    linger(&context, &links_to_flush).await;
     Ok(())
 }
 
+/// After the driver stopped: waits until every peer link has written its last frames (a
+/// vote, an acknowledgement, the hand-over's TimeoutNow) and every client connection of this
+/// core has closed, for at most `SHUTDOWN_LINGER_MS`. The context stays stopping meanwhile:
+/// a request still arriving is answered `ShuttingDown`, so its client retries elsewhere and
+/// closes the connection instead of finding it reset.
+async fn linger(context: &CoreContext, links: &[Rc<PeerLink>]) {
+    let started = Instant::now();
+    let deadline = started + Duration::from_millis(SHUTDOWN_LINGER_MS);
+    loop {
+        let links_unflushed = links.iter().filter(|link| !link.is_flushed()).count();
+        let connections = context.connection_count();
+        if links_unflushed == 0 && connections == 0 {
+            tracing::info!(
+                millis = started.elapsed().as_millis() as u64,
+                "linger done: peer links flushed, client connections closed"
+            );
+            return;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            tracing::info!(
+                connections,
+                links_unflushed,
+                "linger time over: closing what is still open (idle clients reconnect to \
+                 another node)"
+            );
+            return;
+        }
+        // Rung by a closing connection or a link that has written everything.
+        futures_lite::future::or(
+            context.settled.wait(),
+            glommio::timer::sleep(deadline - now),
+        )
+        .await;
+    }
+}
+
 fn spawn<F: std::future::Future<Output = ()> + 'static>(
-    context: &CoreContext,
     future: F,
     queue: glommio::TaskQueueHandle,
 ) {
@@ -305,7 +345,7 @@ fn spawn<F: std::future::Future<Output = ()> + 'static>(
         Ok(task) => {
             task.detach();
         }
-        Err(error) => tracing::error!(node = %context.node, core = %context.core, %error,
+        Err(error) => tracing::error!(%error,
             "cannot start a task (a bug; please report it)"),
     }
 }
@@ -357,12 +397,37 @@ async fn open_wal(
         .into_iter()
         .filter_map(|group| log.restored(group).map(|r| (group, r)))
         .collect();
-    tracing::info!(node = %config.node, core = %core, dir = %dir.display(),
+    tracing::info!(dir = %dir.display(),
         segments = summary.segment_count, batches = summary.batch_count,
         records = summary.record_count, bytes = summary.bytes_scanned,
-        groups = summary.group_count, torn_tail = ?summary.torn_tail,
+        groups = summary.group_count, torn_tail = summary.torn_tail.is_some(),
         millis = started.elapsed().as_millis() as u64, "WAL recovered");
+    if let Some(torn) = &summary.torn_tail {
+        tracing::warn!(segment = %torn.segment, offset = torn.offset, reason = %torn.reason,
+            "WAL: cut the torn tail of a write a crash interrupted (it was never acknowledged; \
+             nothing to do unless this repeats without crashes: then check the disk)");
+    }
+    for (group, found) in &restored {
+        log_restored(*group, found);
+    }
     Ok((log, restored))
+}
+
+/// One line per group the WAL restored: its hard state and the entries it still holds.
+fn log_restored(group: crate::ids::GroupId, found: &crate::log::recovery::RestoredGroup) {
+    let hard_state = found.hard_state.unwrap_or_default();
+    let vote = hard_state
+        .vote
+        .map_or_else(|| "none".to_string(), |node| node.to_string());
+    let first_index = found
+        .first_index
+        .map_or_else(|| "none".to_string(), |index| index.to_string());
+    let snapshot_index = found.snapshot.as_ref().map_or_else(
+        || "none".to_string(),
+        |snapshot| snapshot.last.index.to_string(),
+    );
+    tracing::info!(%group, term = %hard_state.term, %vote, commit = %hard_state.commit,
+        %first_index, last_index = %found.last_index, %snapshot_index, "WAL restored group");
 }
 
 /// Connects this core's ends of the mesh: receivers first (each in its own task, so the
@@ -379,7 +444,6 @@ async fn connect_mesh(
             // core alone; core 0 closed its own copy.
             let stream = unsafe { TcpStream::from_raw_fd(fd) };
             spawn(
-                &context,
                 serve_peer(context.clone(), stream, hello),
                 context.raft_queue,
             );
@@ -389,7 +453,6 @@ async fn connect_mesh(
         let context_for_task = context.clone();
         let on_peer = on_peer_connection.clone();
         spawn(
-            context,
             async move {
                 let receiver = receiver.connect().await;
                 run_mesh_receiver(context_for_task, receiver, on_peer).await;
@@ -412,13 +475,9 @@ async fn connect_mesh(
 async fn run_peer_listener(context: Rc<CoreContext>, listener: TcpListener) {
     loop {
         match listener.accept().await {
-            Ok(stream) => spawn(
-                &context,
-                accept_peer(context.clone(), stream),
-                context.raft_queue,
-            ),
+            Ok(stream) => spawn(accept_peer(context.clone(), stream), context.raft_queue),
             Err(error) => {
-                tracing::warn!(node = %context.node, core = %context.core, %error,
+                tracing::warn!(%error,
                     "accepting a peer connection failed (out of file descriptors? raise `ulimit -n`)");
                 glommio::timer::sleep(Duration::from_millis(10)).await;
             }
@@ -438,7 +497,7 @@ async fn accept_peer(context: Rc<CoreContext>, mut stream: TcpStream) {
         }) {
         Ok(hello) => hello,
         Err(error) => {
-            tracing::warn!(node = %context.node, core = %context.core, peer = ?address, %error,
+            tracing::warn!(peer = ?address, %error,
                 "refused a peer connection: bad hello");
             return;
         }
@@ -451,7 +510,7 @@ async fn accept_peer(context: Rc<CoreContext>, mut stream: TcpStream) {
     let fd = unsafe { libc::dup(stream.as_raw_fd()) };
     drop(stream);
     if fd < 0 {
-        tracing::warn!(node = %context.node, core = %context.core, peer = %hello.from,
+        tracing::warn!(peer = %hello.from,
             error = %std::io::Error::last_os_error(),
             "cannot hand a peer connection to its core (out of file descriptors? raise `ulimit -n`)");
         return;
@@ -461,7 +520,7 @@ async fn accept_peer(context: Rc<CoreContext>, mut stream: TcpStream) {
 
 /// Reads a peer's batches into this core's shard until the connection ends.
 async fn serve_peer(context: Rc<CoreContext>, stream: TcpStream, hello: Hello) {
-    tracing::info!(node = %context.node, core = %context.core, peer = %hello.from,
+    tracing::info!(peer = %hello.from,
         "peer connection accepted");
     let deliver_context = context.clone();
     let mut stream = futures_lite::io::BufReader::with_capacity(
@@ -478,9 +537,9 @@ async fn serve_peer(context: Rc<CoreContext>, stream: TcpStream, hello: Hello) {
     })
     .await;
     match reason {
-        PeerError::Closed => tracing::info!(node = %context.node, core = %context.core,
+        PeerError::Closed => tracing::info!(
             peer = %hello.from, "peer connection closed by the peer"),
-        reason => tracing::warn!(node = %context.node, core = %context.core, peer = %hello.from,
+        reason => tracing::warn!(peer = %hello.from,
             %reason, "closing a peer connection: bad frame"),
     }
 }

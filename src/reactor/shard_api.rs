@@ -13,7 +13,8 @@ use crate::shard::Batch;
 use crate::wire::client::{ClientRequest, GroupStatus};
 
 pub use crate::shard::core::{
-    Origin, Shard, ShardConfig, ShardOutput, WalTicket, core_of_group, group_of_key,
+    Origin, RequestFailure, Shard, ShardConfig, ShardEvent, ShardOutput, WalTicket, core_of_group,
+    group_of_key,
 };
 
 /// The per-core Multi-Raft orchestrator as the reactor drives it.

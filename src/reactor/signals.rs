@@ -1,13 +1,16 @@
 //! SIGTERM and SIGINT: the request to stop gracefully, as one process-wide flag that every
-//! core's tick task polls. The handler only stores into an atomic (async-signal-safe).
+//! core's tick task polls, and a count of the signals received (a launcher treats a second
+//! Ctrl-C as "stop now"). The handler only touches atomics (async-signal-safe).
 //!
 //! It must not stop anything itself: the cores drain and exit on their own schedule.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
+static SIGNALS_RECEIVED: AtomicU32 = AtomicU32::new(0);
 
 extern "C" fn on_signal(_signal: libc::c_int) {
+    SIGNALS_RECEIVED.fetch_add(1, Ordering::SeqCst);
     STOP_REQUESTED.store(true, Ordering::SeqCst);
 }
 
@@ -15,7 +18,7 @@ extern "C" fn on_signal(_signal: libc::c_int) {
 pub fn install() -> std::io::Result<()> {
     for signal in [libc::SIGTERM, libc::SIGINT] {
         // SAFETY: `action` is fully initialised (zeroed, then handler and empty mask set); the
-        // handler only stores into an atomic, which is async-signal-safe.
+        // handler only touches atomics, which is async-signal-safe.
         let result = unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
             action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
@@ -33,6 +36,11 @@ pub fn install() -> std::io::Result<()> {
 /// Whether a stop was requested (by a signal or by `request_stop`).
 pub fn stop_requested() -> bool {
     STOP_REQUESTED.load(Ordering::SeqCst)
+}
+
+/// How many SIGTERM/SIGINT signals arrived since `install`.
+pub fn signals_received() -> u32 {
+    SIGNALS_RECEIVED.load(Ordering::SeqCst)
 }
 
 /// Asks every core to stop, as a signal would.

@@ -9,7 +9,8 @@
 //! through the leader and are served from this node's state machine once it has applied far
 //! enough.
 //!
-//! Pure: this room must not import the async runtime, read real time, or do I/O. Time is ticks.
+//! Pure: this room must not import the async runtime, read real time, do I/O or log: what the
+//! operator should see leaves as `ShardEvent`s in the round's output. Time is ticks.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -23,7 +24,7 @@ use crate::log::RestoredGroup;
 use crate::prng::Prng;
 use crate::raft::{
     Entry, EntryKind, Fetch, Membership, Persist, PersistPosition, ProposeError, RaftConfig,
-    RaftNode, ReadContext, ReadIndexError, RestoredState, RoleKind, SoftState,
+    RaftNode, ReadContext, ReadIndexError, RestoredState, RoleKind, SoftState, TransferError,
 };
 use crate::shard::multi::{MultiRaft, MultiRaftError, RoundOutput};
 use crate::wire::batch::{Batch, Forward};
@@ -105,6 +106,9 @@ pub struct ShardOutput {
     pub replies: Vec<(Origin, ClientResponse)>,
     /// Read these entries back from the WAL and hand them to `on_fetched`.
     pub fetches: Vec<(GroupId, Fetch)>,
+    /// What happened to this core's groups since the last round, for the operator's log
+    /// (this room does not log: the driver does, with the real time).
+    pub events: Vec<ShardEvent>,
 }
 
 impl ShardOutput {
@@ -113,7 +117,79 @@ impl ShardOutput {
         self.wal_append = None;
         self.replies.clear();
         self.fetches.clear();
+        self.events.clear();
     }
+}
+
+/// Something about one of this core's groups (or a peer) that the operator should see in
+/// the log. Every group event names the group and the term it happened in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ShardEvent {
+    /// This node's election timer fired: it became a pre-candidate (thesis §9.6) or a
+    /// candidate (paper §5.2) at `term`.
+    ElectionStarted {
+        group: GroupId,
+        term: Term,
+        pre_vote: bool,
+    },
+    /// This node won the election of `term` and leads the group (paper §5.2).
+    ElectionWon { group: GroupId, term: Term },
+    /// A candidacy of this node ended without leadership: another node leads or a higher
+    /// term arrived (paper §5.2).
+    ElectionLost {
+        group: GroupId,
+        term: Term,
+        leader: Option<NodeId>,
+    },
+    /// The group's term or known leader changed.
+    LeaderChanged {
+        group: GroupId,
+        term: Term,
+        leader: Option<NodeId>,
+        role: RoleKind,
+    },
+    /// While stopping, this node asked `target` to take over the group (thesis §3.10).
+    TransferStarted {
+        group: GroupId,
+        term: Term,
+        target: NodeId,
+    },
+    /// This node stopped leading the group without a newer term: it no longer heard from
+    /// a majority (check-quorum, thesis §6.2).
+    SteppedDown { group: GroupId, term: Term },
+    /// While stopping, this node stopped leading the group because a peer took over with a
+    /// newer term; `leader` is the new leader if already known.
+    TransferDone {
+        group: GroupId,
+        term: Term,
+        leader: Option<NodeId>,
+    },
+    /// While stopping, a hand-over of the group did not happen: `target` did not take over
+    /// within its time, or no peer (`None`) was heard from recently enough to be asked.
+    TransferFailed {
+        group: GroupId,
+        term: Term,
+        target: Option<NodeId>,
+    },
+    /// `count` client requests of the group were answered with an error this round
+    /// because they could not complete in time.
+    RequestsFailed {
+        group: GroupId,
+        term: Term,
+        count: usize,
+        failure: RequestFailure,
+    },
+    /// A peer forwarded a request whose bytes do not decode.
+    BadForward { from: NodeId, error: String },
+}
+
+/// Why client requests of a group failed (see `ShardEvent::RequestsFailed`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestFailure {
+    /// Accepted but not answered within the request timeout.
+    TimedOut,
+    /// No leader was elected for the group within the request timeout.
+    NoLeader,
 }
 
 #[derive(Debug, Error)]
@@ -167,6 +243,7 @@ struct ReadWaiter {
 struct ForwardWaiter {
     reply_to: ReplyTo,
     kind: ReplyKind,
+    group: GroupId,
 }
 
 /// A request waiting for its group to have a leader.
@@ -212,7 +289,22 @@ pub struct Shard {
     outgoing_forwards: Vec<(NodeId, Forward)>,
     replies: Vec<(Origin, ClientResponse)>,
     shutting_down: bool,
+    /// While stopping: the hand-over asked for each group this node still leads.
+    transfers: HashMap<GroupId, TransferAttempt>,
+    /// Per node of `config.nodes` (same positions): the tick its last batch arrived.
+    last_heard_ticks: Vec<Option<u64>>,
+    events: Vec<ShardEvent>,
     builder: FlatBufferBuilder<'static>,
+}
+
+/// A leader transfer this node asked for while stopping (thesis §3.10).
+#[derive(Clone, Copy, Debug)]
+struct TransferAttempt {
+    /// `None`: no live peer could be asked.
+    target: Option<NodeId>,
+    started_tick: u64,
+    /// Attempts made for the group so far; picks the next live peer after a failure.
+    attempt: usize,
 }
 
 impl Shard {
@@ -258,6 +350,7 @@ impl Shard {
                 soft,
             });
         }
+        let last_heard_ticks = vec![None; config.nodes.len()];
         Shard {
             config,
             multi,
@@ -276,6 +369,9 @@ impl Shard {
             outgoing_forwards: Vec::new(),
             replies: Vec::new(),
             shutting_down: false,
+            transfers: HashMap::new(),
+            last_heard_ticks,
+            events: Vec::new(),
             builder: FlatBufferBuilder::new(),
         }
     }
@@ -300,6 +396,10 @@ impl Shard {
                     "no leader for the key's group within {} ticks",
                     self.config.request_timeout_ticks
                 );
+                if let Some(key) = op_key(&request.request.op) {
+                    let group = group_of_key(key, self.config.groups_total);
+                    self.count_failure(group, RequestFailure::NoLeader);
+                }
                 self.reply_error(request.reply_to, ErrorCode::Unavailable, message);
             } else {
                 self.route(request);
@@ -309,9 +409,10 @@ impl Shard {
 
     pub fn on_peer_batch(&mut self, mut batch: Batch) -> Result<(), ShardError> {
         let from = batch.from;
-        if !self.config.nodes.contains(&from) {
+        let Some(position) = self.config.nodes.iter().position(|&n| n == from) else {
             return Err(ShardError::UnknownNode { node: from });
-        }
+        };
+        self.last_heard_ticks[position] = Some(self.now_ticks);
         let forwards = std::mem::take(&mut batch.forwards);
         self.multi
             .step_batch(batch)
@@ -432,6 +533,7 @@ impl Shard {
         self.round_output = round;
         self.attach_forwards(&mut out.batches);
         out.replies.append(&mut self.replies);
+        out.events.append(&mut self.events);
     }
 
     fn group_state(&mut self, group: GroupId) -> &mut GroupState {
@@ -440,14 +542,11 @@ impl Shard {
     }
 
     fn on_soft_state(&mut self, group: GroupId, soft: SoftState) {
-        let (node, core) = (self.config.node, self.config.core);
+        let shutting_down = self.shutting_down;
         let state = self.group_state(group);
         let old = state.soft;
         state.soft = soft;
-        if old.leader != soft.leader || old.term != soft.term {
-            tracing::info!(node = %node, core = %core, group = %group, term = %soft.term,
-                leader = ?soft.leader.map(|n| n.0), role = ?soft.role, "leader changed");
-        }
+        self.report_soft_state(group, old, soft, shutting_down);
         // The core drops pending ReadIndex requests when leadership moves; answer those
         // issued under another term or leader.
         if old.leader != soft.leader || old.term != soft.term {
@@ -466,6 +565,89 @@ impl Shard {
                 }
             }
         }
+    }
+
+    /// Events for a change of role, term or leader (paper §5.2; thesis §3.10, §9.6).
+    fn report_soft_state(
+        &mut self,
+        group: GroupId,
+        old: SoftState,
+        soft: SoftState,
+        shutting_down: bool,
+    ) {
+        let term = soft.term;
+        let campaigning = |role| matches!(role, RoleKind::PreCandidate | RoleKind::Candidate);
+        if campaigning(soft.role) && (old.role != soft.role || old.term != soft.term) {
+            let pre_vote = soft.role == RoleKind::PreCandidate;
+            let event = ShardEvent::ElectionStarted {
+                group,
+                term,
+                pre_vote,
+            };
+            self.events.push(event);
+        }
+        if soft.role == RoleKind::Leader && old.role != RoleKind::Leader {
+            self.events.push(ShardEvent::ElectionWon { group, term });
+        }
+        if campaigning(old.role) && soft.role == RoleKind::Follower {
+            let leader = soft.leader;
+            let event = ShardEvent::ElectionLost {
+                group,
+                term,
+                leader,
+            };
+            self.events.push(event);
+        }
+        if old.role == RoleKind::Leader && soft.role != RoleKind::Leader {
+            self.transfers.remove(&group);
+        }
+        if old.role == RoleKind::Leader && soft.role != RoleKind::Leader && old.term == soft.term {
+            self.events.push(ShardEvent::SteppedDown { group, term });
+        }
+        if old.role == RoleKind::Leader && old.term < soft.term && shutting_down {
+            let leader = soft.leader;
+            let event = ShardEvent::TransferDone {
+                group,
+                term,
+                leader,
+            };
+            self.events.push(event);
+        }
+        if old.leader != soft.leader || old.term != soft.term {
+            let event = ShardEvent::LeaderChanged {
+                group,
+                term,
+                leader: soft.leader,
+                role: soft.role,
+            };
+            self.events.push(event);
+        }
+    }
+
+    /// Counts a failed request of `group` into this round's events.
+    fn count_failure(&mut self, group: GroupId, failure: RequestFailure) {
+        for event in &mut self.events {
+            if let ShardEvent::RequestsFailed {
+                group: g,
+                failure: f,
+                count,
+                ..
+            } = event
+                && *g == group
+                && *f == failure
+            {
+                *count += 1;
+                return;
+            }
+        }
+        let term = self.group_state(group).soft.term;
+        let event = ShardEvent::RequestsFailed {
+            group,
+            term,
+            count: 1,
+            failure,
+        };
+        self.events.push(event);
     }
 
     fn apply(&mut self, group: GroupId, entries: Vec<Entry>) {
@@ -619,7 +801,7 @@ impl Shard {
             ProposeError::NotLeader {
                 leader: Some(leader),
             } if leader != self.config.node => {
-                self.forward(leader, request);
+                self.forward(leader, group, request);
             }
             ProposeError::NotLeader { .. } | ProposeError::TransferInProgress => self.park(request),
             ProposeError::UncommittedFull { .. } => {
@@ -639,7 +821,7 @@ impl Shard {
         self.parked.push_back(request);
     }
 
-    fn forward(&mut self, leader: NodeId, request: Parked) {
+    fn forward(&mut self, leader: NodeId, group: GroupId, request: Parked) {
         if request.hops >= FORWARD_HOPS_MAX {
             let message = format!(
                 "leadership kept moving; gave up after {} hops",
@@ -655,6 +837,7 @@ impl Shard {
             ForwardWaiter {
                 reply_to: request.reply_to,
                 kind,
+                group,
             },
         );
         self.deadlines
@@ -683,7 +866,11 @@ impl Shard {
                     self.accept(reply_to, request, raw, hops);
                 }
                 Err((id, error)) => {
-                    tracing::warn!(node = %self.config.node, from = %from, %error, "bad forwarded request");
+                    let event = ShardEvent::BadForward {
+                        from,
+                        error: error.to_string(),
+                    };
+                    self.events.push(event);
                     let reply_to = ReplyTo::Peer {
                         node: from,
                         token,
@@ -722,14 +909,20 @@ impl Shard {
                 break;
             }
             self.deadlines.pop_front();
-            let reply_to = match key {
-                WaiterKey::Write(group, index) => {
-                    self.writes.remove(&(group, index)).map(|w| w.reply_to)
+            let expired = match key {
+                WaiterKey::Write(group, index) => self
+                    .writes
+                    .remove(&(group, index))
+                    .map(|w| (group, w.reply_to)),
+                WaiterKey::Read(context) => {
+                    self.reads.remove(&context).map(|r| (r.group, r.reply_to))
                 }
-                WaiterKey::Read(context) => self.reads.remove(&context).map(|r| r.reply_to),
-                WaiterKey::Forward(token) => self.forwarded.remove(&token).map(|f| f.reply_to),
+                WaiterKey::Forward(token) => {
+                    self.forwarded.remove(&token).map(|f| (f.group, f.reply_to))
+                }
             };
-            if let Some(reply_to) = reply_to {
+            if let Some((group, reply_to)) = expired {
+                self.count_failure(group, RequestFailure::TimedOut);
                 let message = format!(
                     "no answer within {} ticks; a write may or may not have taken effect",
                     self.config.request_timeout_ticks
@@ -739,32 +932,116 @@ impl Shard {
         }
     }
 
-    /// Hands each group this node leads to another node (thesis §3.10), spreading them.
+    /// Hands each group this node leads to a peer heard from within an election timeout
+    /// (thesis §3.10), spreading the groups over those peers, so a stopping node does not ask
+    /// a node that is down. A hand-over not done when the Raft core abandons it (after an
+    /// election timeout) is reported and tried again with the next live peer.
     fn transfer_leaderships(&mut self) {
-        let peers: Vec<NodeId> = self
-            .config
-            .nodes
-            .iter()
-            .copied()
-            .filter(|&n| n != self.config.node)
-            .collect();
-        if peers.is_empty() {
+        if self.config.nodes.len() == 1 {
             return;
         }
-        let led: Vec<GroupId> = self
+        let live = self.live_peers();
+        let led: Vec<(GroupId, Term)> = self
             .config
             .groups()
-            .filter(|&g| self.groups[self.config.local_index(g)].soft.role == RoleKind::Leader)
+            .map(|g| (g, self.groups[self.config.local_index(g)].soft))
+            .filter(|(_, soft)| soft.role == RoleKind::Leader)
+            .map(|(g, soft)| (g, soft.term))
             .collect();
-        for group in led {
-            let target = peers[group.0 as usize % peers.len()];
+        // The Raft core abandons a transfer after one election timeout (thesis §3.10).
+        let patience_ticks = u64::from(self.config.election_timeout_ticks.get()) + 1;
+        for (group, term) in led {
+            let mut attempt = 0;
+            let previous = self.transfers.get(&group).copied();
+            if let Some(previous) = previous {
+                if self.now_ticks < previous.started_tick + patience_ticks {
+                    continue;
+                }
+                if let Some(target) = previous.target {
+                    let target = Some(target);
+                    let event = ShardEvent::TransferFailed {
+                        group,
+                        term,
+                        target,
+                    };
+                    self.events.push(event);
+                }
+                attempt = previous.attempt + 1;
+            }
+            let mut record = TransferAttempt {
+                target: None,
+                started_tick: self.now_ticks,
+                attempt,
+            };
+            if live.is_empty() {
+                // Reported once until a live peer appears.
+                if previous.is_none_or(|p| p.target.is_some()) {
+                    let event = ShardEvent::TransferFailed {
+                        group,
+                        term,
+                        target: None,
+                    };
+                    self.events.push(event);
+                }
+                self.transfers.insert(group, record);
+                continue;
+            }
+            let target = live[(group.0 as usize + attempt) % live.len()];
+            record.target = Some(target);
             let result = self
                 .multi
                 .with_group(group, |raft| raft.transfer_leader(target));
-            if let Ok(Err(error)) = result {
-                tracing::debug!(group = %group, %error, "leader transfer not started");
+            match result {
+                Ok(Ok(())) => {
+                    let event = ShardEvent::TransferStarted {
+                        group,
+                        term,
+                        target,
+                    };
+                    self.events.push(event);
+                }
+                // The Raft core still runs an earlier hand-over: give that one its time.
+                Ok(Err(TransferError::InProgress { target: running })) => {
+                    record.target = Some(running);
+                }
+                Ok(Err(_)) | Err(_) => {
+                    let event = ShardEvent::TransferFailed {
+                        group,
+                        term,
+                        target: Some(target),
+                    };
+                    self.events.push(event);
+                }
             }
+            self.transfers.insert(group, record);
         }
+    }
+
+    /// Peers whose last batch arrived within an election timeout and no more than a heartbeat
+    /// interval before the freshest peer's, in `config.nodes` order. Live peers are heard
+    /// from every heartbeat, so a peer that has just stopped (the previous node of an ordered
+    /// stop) drops out after a heartbeat rather than an election timeout.
+    fn live_peers(&self) -> Vec<NodeId> {
+        let window_ticks = u64::from(self.config.election_timeout_ticks.get());
+        let slack_ticks = u64::from(self.config.heartbeat_interval_ticks.get());
+        let heard: Vec<(NodeId, u64)> = self
+            .config
+            .nodes
+            .iter()
+            .zip(&self.last_heard_ticks)
+            .filter_map(|(&node, heard)| Some((node, (*heard)?)))
+            .filter(|&(node, tick)| {
+                node != self.config.node && self.now_ticks.saturating_sub(tick) <= window_ticks
+            })
+            .collect();
+        let Some(freshest) = heard.iter().map(|&(_, tick)| tick).max() else {
+            return Vec::new();
+        };
+        heard
+            .into_iter()
+            .filter(|&(_, tick)| tick + slack_ticks >= freshest)
+            .map(|(node, _)| node)
+            .collect()
     }
 
     fn reply_error(&mut self, reply_to: ReplyTo, code: ErrorCode, message: String) {
@@ -803,6 +1080,15 @@ impl Shard {
             };
             batches[position].forwards.push(forward);
         }
+    }
+}
+
+/// The key a request works on; `None` for `Status`.
+fn op_key(op: &ClientOp) -> Option<&Bytes> {
+    match op {
+        ClientOp::Get { key } => Some(key),
+        ClientOp::Write(command) => Some(command.key()),
+        ClientOp::Status => None,
     }
 }
 

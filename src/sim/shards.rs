@@ -16,7 +16,7 @@ use crate::log::{Log, WalConfig};
 use crate::prng::Prng;
 use crate::raft::Persist;
 use crate::shard::core::{
-    Origin, Shard, ShardConfig, ShardOutput, WalTicket, core_of_group, group_of_key,
+    Origin, Shard, ShardConfig, ShardEvent, ShardOutput, WalTicket, core_of_group, group_of_key,
 };
 use crate::sim::disk::{SimDisk, block_on};
 use crate::wire::batch::Batch;
@@ -89,6 +89,8 @@ pub struct ShardSim {
     responses: HashMap<(NodeId, u64), VecDeque<ClientResponse>>,
     next_request: u64,
     output: ShardOutput,
+    /// What the shards reported, per node, oldest first (`take_events`).
+    events: Vec<(NodeId, ShardEvent)>,
 }
 
 impl ShardSim {
@@ -114,6 +116,7 @@ impl ShardSim {
             responses: HashMap::new(),
             next_request: 1,
             output: ShardOutput::default(),
+            events: Vec::new(),
         };
         for index in 0..sim.nodes.len() {
             sim.start(index);
@@ -303,6 +306,11 @@ impl ShardSim {
             .all(|core| core.shard.is_drained())
     }
 
+    /// Every event the shards reported since the last call, with the node that reported it.
+    pub fn take_events(&mut self) -> Vec<(NodeId, ShardEvent)> {
+        std::mem::take(&mut self.events)
+    }
+
     pub fn shard(&self, node: NodeId, core: CoreId) -> Option<&Shard> {
         self.node(node)
             .cores
@@ -322,6 +330,8 @@ impl ShardSim {
             for (core_index, core) in cores.iter_mut().enumerate() {
                 core.shard.round(&mut self.output);
                 let output = &mut self.output;
+                self.events
+                    .extend(output.events.drain(..).map(|event| (node, event)));
                 for batch in output.batches.drain(..) {
                     sent.push((CoreId(core_index as u16), batch));
                 }

@@ -282,3 +282,95 @@ fn every_group_of_every_core_gets_a_leader() {
         }
     }
 }
+
+/// Every group's (leader, term) as node `seen_by`'s shards know it.
+fn leaders(sim: &ShardSim, seen_by: NodeId) -> Vec<(GroupId, Option<NodeId>, crate::ids::Term)> {
+    (0..2u16)
+        .flat_map(|core| sim.shard(seen_by, CoreId(core)).expect("node up").status())
+        .map(|status| (status.group, status.leader, status.term))
+        .collect()
+}
+
+#[test]
+fn a_stopping_node_hands_over_only_to_live_peers_and_reports_every_step() {
+    // Each leader reported winning the election of the term it leads in; with node 3 down,
+    // node 1's graceful stop asks only node 2 to take over (thesis §3.10) and reports every
+    // hand-over started in the term it led and done in a newer term, none failed.
+    let mut config = ShardSimConfig::new(seed(), 3);
+    config.groups_total = 12;
+    let mut sim = ShardSim::new(config);
+    for k in 0..12 {
+        let key = format!("k{k}");
+        assert_eq!(reply(sim.put(NodeId(2), &key, "v")), Reply::Written);
+    }
+    let events = sim.take_events();
+    for (group, leader, term) in leaders(&sim, NodeId(2)) {
+        let leader = leader.expect("every group has a leader after a write");
+        let won = ShardEvent::ElectionWon { group, term };
+        assert!(
+            events.contains(&(leader, won)),
+            "no ElectionWon of group {group} term {term} from node {leader}: {events:?}"
+        );
+    }
+    sim.crash(NodeId(3));
+    // Past an election timeout (10 ticks) node 1 no longer counts node 3 as live, and the
+    // groups node 3 led elect a leader among nodes 1 and 2.
+    let mut ticks = 0;
+    while ticks < 30 || leaders(&sim, NodeId(2)).iter().any(|(_, l, _)| l.is_none()) {
+        assert!(ticks < 500, "groups without a leader after {ticks} ticks");
+        sim.round();
+        sim.round();
+        sim.tick();
+        ticks += 1;
+    }
+    let led: Vec<_> = leaders(&sim, NodeId(1))
+        .into_iter()
+        .filter(|(_, leader, _)| *leader == Some(NodeId(1)))
+        .collect();
+    assert!(!led.is_empty(), "node 1 leads none of 12 groups");
+    sim.take_events();
+    sim.begin_shutdown(NodeId(1));
+    let mut ticks = 0;
+    while !sim.is_drained(NodeId(1)) {
+        assert!(ticks < 500, "node 1 still leads after {ticks} ticks");
+        sim.round();
+        sim.round();
+        sim.tick();
+        ticks += 1;
+    }
+    sim.round();
+    let events: Vec<ShardEvent> = sim
+        .take_events()
+        .into_iter()
+        .filter(|(node, _)| *node == NodeId(1))
+        .map(|(_, event)| event)
+        .collect();
+    for event in &events {
+        match event {
+            ShardEvent::TransferStarted { target, .. } => {
+                assert_eq!(*target, NodeId(2), "asked a node that is down: {event:?}");
+            }
+            ShardEvent::TransferFailed { .. } => panic!("hand-over failed: {event:?}"),
+            _ => {}
+        }
+    }
+    for (group, _, term) in led {
+        let started = ShardEvent::TransferStarted {
+            group,
+            term,
+            target: NodeId(2),
+        };
+        assert!(
+            events.contains(&started),
+            "no hand-over of group {group} started in term {term}: {events:?}"
+        );
+        let done = events.iter().any(|event| {
+            matches!(event, ShardEvent::TransferDone { group: g, term: t, .. }
+                if *g == group && *t > term)
+        });
+        assert!(
+            done,
+            "no hand-over of group {group} done after term {term}: {events:?}"
+        );
+    }
+}
