@@ -5,5 +5,5 @@
 pub mod command;
 pub mod machine;
 
-pub use command::{Command, CommandError};
-pub use machine::{KvMachine, Outcome};
+pub use command::{Command, CommandError, PutCondition};
+pub use machine::{CounterError, KvMachine, Outcome};
