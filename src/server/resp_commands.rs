@@ -549,3 +549,280 @@ pub fn info_text(facts: &InfoFacts, section: Option<&str>) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{LogIndex, Term};
+
+    fn words(line: &str) -> Vec<Bytes> {
+        line.split(' ')
+            .map(|word| Bytes::copy_from_slice(word.as_bytes()))
+            .collect()
+    }
+
+    fn plan_line(line: &str) -> Plan {
+        plan(&words(line), &mut Session::default(), 4)
+    }
+
+    fn reply_text(plan: Plan) -> String {
+        match plan {
+            Plan::Reply(out) | Plan::Quit(out) => String::from_utf8_lossy(&out).into_owned(),
+            other => panic!("expected a reply, got {other:?}"),
+        }
+    }
+
+    fn b(s: &'static str) -> Bytes {
+        Bytes::from_static(s.as_bytes())
+    }
+
+    #[test]
+    fn unknown_commands_are_named_as_redis_names_them() {
+        // The error repeats the command as sent and the start of its arguments.
+        assert_eq!(
+            reply_text(plan_line("FOO a b")),
+            "-ERR unknown command 'FOO', with args beginning with: 'a' 'b' \r\n"
+        );
+        assert_eq!(
+            reply_text(plan_line("flushall")),
+            "-ERR unknown command 'flushall', with args beginning with: \r\n"
+        );
+        let long = format!("x {}", "y".repeat(300));
+        let text = reply_text(plan_line(&long));
+        assert!(text.len() < 220, "not clipped: {} bytes", text.len());
+    }
+
+    #[test]
+    fn writes_become_one_replicated_command_each() {
+        // SET (with NX or XX), INCR/DECR(BY) and MSET each become a single write.
+        let write = |line: &str| match plan_line(line) {
+            Plan::Requests { ops, shape } => (ops, shape),
+            other => panic!("{line}: expected requests, got {other:?}"),
+        };
+        let one = |command| (vec![ClientOp::Write(command)], Shape::Single);
+        assert_eq!(
+            write("set k v"),
+            one(Command::Put {
+                key: b("k"),
+                value: b("v")
+            })
+        );
+        assert_eq!(
+            write("SET k v nx"),
+            one(Command::PutIf {
+                key: b("k"),
+                value: b("v"),
+                condition: PutCondition::IfAbsent
+            })
+        );
+        assert_eq!(
+            write("set k v XX xx"),
+            one(Command::PutIf {
+                key: b("k"),
+                value: b("v"),
+                condition: PutCondition::IfPresent
+            })
+        );
+        assert_eq!(
+            write("incr n"),
+            one(Command::Incr {
+                key: b("n"),
+                delta: 1
+            })
+        );
+        assert_eq!(
+            write("decrby n 5"),
+            one(Command::Incr {
+                key: b("n"),
+                delta: -5
+            })
+        );
+        assert_eq!(
+            write("mset k v k w"),
+            one(Command::MultiPut {
+                pairs: vec![(b("k"), b("v")), (b("k"), b("w"))]
+            })
+        );
+        assert_eq!(write("setnx k v").1, Shape::WrittenFlag);
+        assert_eq!(reply_text(plan_line("set k v nx xx")), "-ERR syntax error\r\n");
+        assert!(reply_text(plan_line("set k v ex 10")).starts_with("-ERR SET EX is not"));
+        assert_eq!(
+            reply_text(plan_line("decrby n -9223372036854775808")),
+            "-ERR decrement would overflow\r\n"
+        );
+        assert_eq!(
+            reply_text(plan_line("incrby n x")),
+            "-ERR value is not an integer or out of range\r\n"
+        );
+        assert_eq!(
+            reply_text(plan_line("mset k")),
+            "-ERR wrong number of arguments for 'mset' command\r\n"
+        );
+    }
+
+    #[test]
+    fn mset_across_groups_is_refused_and_within_one_group_is_not() {
+        // Keys of two groups get the CROSSSLOT error; keys of one group make one multi-put.
+        let groups_total = 4;
+        let keys: Vec<String> = (0..64).map(|i| format!("key{i}")).collect();
+        let group = |key: &String| group_of_key(key.as_bytes(), groups_total);
+        let first = &keys[0];
+        let same = keys[1..].iter().find(|k| group(k) == group(first)).expect("a key of the same group");
+        let other = keys[1..].iter().find(|k| group(k) != group(first)).expect("a key of another group");
+        let line = |a: &str, b: &str| words(&format!("MSET {a} 1 {b} 2"));
+        let mut session = Session::default();
+        assert!(matches!(
+            plan(&line(first, same), &mut session, groups_total),
+            Plan::Requests { .. }
+        ));
+        assert_eq!(
+            reply_text(plan(&line(first, other), &mut session, groups_total)),
+            format!("-{CROSS_GROUP_ERROR}\r\n")
+        );
+        let too_many: Vec<Bytes> = std::iter::once(b("MSET"))
+            .chain((0..=MULTI_PUT_KEYS_MAX).flat_map(|_| [b("k"), b("v")]))
+            .collect();
+        assert!(reply_text(plan(&too_many, &mut session, groups_total)).contains("exceeds the limit"));
+    }
+
+    #[test]
+    fn per_key_commands_fan_out_in_order_and_combine() {
+        // MGET, DEL and EXISTS send one request per key; the replies combine in order, and
+        // one failure fails the command.
+        let Plan::Requests { ops, shape } = plan_line("MGET a b a") else {
+            panic!("MGET plans requests");
+        };
+        assert_eq!(shape, Shape::Values);
+        assert_eq!(
+            ops,
+            ["a", "b", "a"].map(|k| ClientOp::Get { key: b(k) }).to_vec()
+        );
+        let values = [
+            Ok(Reply::Value(Some(b("1")))),
+            Ok(Reply::Value(None)),
+            Ok(Reply::Value(Some(Bytes::new()))),
+        ];
+        assert_eq!(combine(Shape::Values, &values), b"*3\r\n$1\r\n1\r\n$-1\r\n$0\r\n\r\n");
+        assert_eq!(combine(Shape::Count, &values), b":2\r\n");
+        let deleted = [
+            Ok(Reply::Deleted { existed: true }),
+            Ok(Reply::Deleted { existed: false }),
+        ];
+        assert_eq!(combine(Shape::Count, &deleted), b":1\r\n");
+        let failed = [
+            Ok(Reply::Value(None)),
+            Ok(Reply::Error {
+                code: ErrorCode::Unavailable,
+                message: "no quorum".into(),
+            }),
+        ];
+        assert_eq!(combine(Shape::Values, &failed), b"-ERR unavailable: no quorum\r\n");
+        assert_eq!(
+            combine(Shape::WrittenFlag, &[Ok(Reply::PutIf { written: false })]),
+            b":0\r\n"
+        );
+        assert_eq!(
+            combine(Shape::Single, &[Ok(Reply::PutIf { written: false })]),
+            b"$-1\r\n"
+        );
+        assert_eq!(combine(Shape::Single, &[Ok(Reply::Counter(-3))]), b":-3\r\n");
+        assert_eq!(
+            combine(
+                Shape::Single,
+                &[Ok(Reply::Error {
+                    code: ErrorCode::BadRequest,
+                    message: "value is not an integer or out of range".into(),
+                })]
+            ),
+            b"-ERR value is not an integer or out of range\r\n"
+        );
+        let too_many = std::iter::once(b("DEL"))
+            .chain((0..=RESP_FANOUT_KEYS_MAX).map(|_| b("k")))
+            .collect::<Vec<_>>();
+        assert!(reply_text(plan(&too_many, &mut Session::default(), 4)).contains("exceeds the limit"));
+        assert_eq!(
+            reply_text(plan_line("EXISTS")),
+            "-ERR wrong number of arguments for 'exists' command\r\n"
+        );
+    }
+
+    #[test]
+    fn connection_commands_answer_at_once() {
+        // PING, ECHO, SELECT, CONFIG GET, COMMAND and CLIENT need no request.
+        assert_eq!(reply_text(plan_line("ping")), "+PONG\r\n");
+        assert_eq!(reply_text(plan_line("ECHO hi")), "$2\r\nhi\r\n");
+        assert_eq!(reply_text(plan_line("select 0")), "+OK\r\n");
+        assert_eq!(
+            reply_text(plan_line("select 3")),
+            "-ERR DB index is out of range\r\n"
+        );
+        assert_eq!(
+            reply_text(plan_line("CONFIG GET save")),
+            "*2\r\n$4\r\nsave\r\n$0\r\n\r\n"
+        );
+        assert_eq!(
+            reply_text(plan_line("config get appendonly")),
+            "*2\r\n$10\r\nappendonly\r\n$3\r\nyes\r\n"
+        );
+        assert_eq!(reply_text(plan_line("CONFIG GET maxmemory")), "*0\r\n");
+        assert!(reply_text(plan_line("CONFIG GET *")).starts_with("*4\r\n"));
+        assert_eq!(reply_text(plan_line("COMMAND")), "*0\r\n");
+        assert_eq!(reply_text(plan_line("COMMAND DOCS")), "*0\r\n");
+        assert_eq!(reply_text(plan_line("COMMAND COUNT")), ":0\r\n");
+        assert_eq!(reply_text(plan_line("QUIT")), "+OK\r\n");
+        let mut session = Session::default();
+        let mut run = |line: &str| reply_text(plan(&words(line), &mut session, 4));
+        assert_eq!(run("CLIENT GETNAME"), "$-1\r\n");
+        assert_eq!(run("CLIENT SETNAME bench"), "+OK\r\n");
+        assert_eq!(run("client getname"), "$5\r\nbench\r\n");
+        assert!(run("CLIENT KILL x").starts_with("-ERR unknown subcommand 'KILL'"));
+        assert!(glob_matches(b"app*", b"appendonly") && !glob_matches(b"s?v", b"save"));
+    }
+
+    #[test]
+    fn info_reports_the_node_and_every_group() {
+        // The server section names the node; replication gives each group's role and leader.
+        let facts = InfoFacts {
+            node: NodeId(2),
+            cores: 2,
+            groups_total: 2,
+            uptime_seconds: 90_000,
+            tcp_port: 6379,
+            process_id: 7,
+            groups: vec![
+                GroupStatus {
+                    group: GroupId(0),
+                    leader: Some(NodeId(2)),
+                    term: Term(3),
+                    commit: LogIndex(9),
+                    applied: LogIndex(9),
+                    role: RoleKind::Leader,
+                },
+                GroupStatus {
+                    group: GroupId(1),
+                    leader: None,
+                    term: Term(1),
+                    commit: LogIndex(0),
+                    applied: LogIndex(0),
+                    role: RoleKind::Follower,
+                },
+            ],
+        };
+        let text = info_text(&facts, None);
+        for line in [
+            "# Server\r\n",
+            "redis_version:7.0.0\r\n",
+            "node_id:2\r\n",
+            "uptime_in_days:1\r\n",
+            "\r\n# Replication\r\n",
+            "groups_led:1\r\n",
+            "group0:role=leader,leader=2,term=3,commit=9,applied=9\r\n",
+            "group1:role=follower,leader=none,term=1,commit=0,applied=0\r\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from:\n{text}");
+        }
+        let replication = info_text(&facts, Some("replication"));
+        assert!(replication.starts_with("# Replication") && !replication.contains("# Server"));
+        assert_eq!(info_text(&facts, Some("keyspace")), "");
+    }
+}
