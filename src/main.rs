@@ -99,7 +99,7 @@ struct ServerArgs {
     /// Where clients connect (native protocol, docs/protocol.md).
     #[arg(long, default_value = "127.0.0.1:7101")]
     client: String,
-    /// Where Redis clients connect (RESP2: PING, GET, SET, DEL, QUIT); off unless given.
+    /// Where Redis clients connect (RESP2, the commands listed in README); off unless given.
     #[arg(long)]
     resp: Option<String>,
     /// Directory of this node's write-ahead logs (one `core-<n>/` per core). Created if missing.
@@ -145,7 +145,8 @@ struct ClusterArgs {
     /// Parent directory of the nodes' data directories (`node-<id>/`) and logs.
     #[arg(long, default_value = "./ringraft-data")]
     dir: std::path::PathBuf,
-    /// Peer port of node 1; node i uses P + i - 1 for peers and P + 100 + i - 1 for clients.
+    /// Peer port of node 1; node i uses P + i - 1 for peers, P + 100 + i - 1 for clients and
+    /// P + 200 + i - 1 for Redis clients (RESP).
     #[arg(long, default_value_t = 7001)]
     base_port: u16,
     /// Cores per node (default: every CPU).
@@ -508,18 +509,25 @@ mod cluster {
         };
         let mut peers = Vec::new();
         let mut clients = Vec::new();
+        let mut resps = Vec::new();
         for index in 0..node_count {
             peers.push(format!("{}=127.0.0.1:{}", index + 1, port(index)?));
             clients.push(format!("127.0.0.1:{}", port(100 + index)?));
+            resps.push(port(200 + index)?);
         }
         let peers = peers.join(",");
         std::fs::create_dir_all(&args.dir)
             .with_context(|| format!("creating {}", args.dir.display()))?;
         let exe = std::env::current_exe().context("finding the ringraft executable")?;
         let mut children = Vec::new();
-        for (index, client) in clients.iter().enumerate() {
+        for (index, (client, resp)) in clients.iter().zip(&resps).enumerate() {
             let node = index + 1;
-            match spawn_node(&exe, args, node, &peers, client) {
+            let addresses = Addresses {
+                peers: &peers,
+                client,
+                resp: &format!("127.0.0.1:{resp}"),
+            };
+            match spawn_node(&exe, args, node, &addresses) {
                 Ok(child) => children.push((node, child)),
                 Err(error) => {
                     if let Err(stop_error) = stop_all(&mut children) {
@@ -531,10 +539,10 @@ mod cluster {
         }
         let endpoints = clients.join(",");
         println!("ringraft cluster of {} nodes", node_count);
-        for (index, client) in clients.iter().enumerate() {
+        for (index, (client, resp)) in clients.iter().zip(&resps).enumerate() {
             let log = args.dir.join(format!("node-{}.log", index + 1));
             println!(
-                "  node {}: clients {client}, log {}",
+                "  node {}: clients {client}, redis 127.0.0.1:{resp}, log {}",
                 index + 1,
                 log.display()
             );
@@ -543,16 +551,25 @@ mod cluster {
         println!("  ringraft put hello world --endpoints {endpoints}");
         println!("  ringraft get hello --endpoints {endpoints}");
         println!("  ringraft status --endpoints {endpoints}");
+        if let Some(resp) = resps.first() {
+            println!("  redis-cli -p {resp} set hello world");
+        }
         println!("Ctrl-C stops every node.");
         wait(&mut children)
+    }
+
+    /// Where one node listens, and its peers.
+    struct Addresses<'a> {
+        peers: &'a str,
+        client: &'a str,
+        resp: &'a str,
     }
 
     fn spawn_node(
         exe: &Path,
         args: &ClusterArgs,
         node: usize,
-        peers: &str,
-        client: &str,
+        addresses: &Addresses<'_>,
     ) -> anyhow::Result<Child> {
         let log_path = args.dir.join(format!("node-{node}.log"));
         let log = std::fs::File::create(&log_path)
@@ -563,9 +580,11 @@ mod cluster {
             .arg("--node-id")
             .arg(node.to_string())
             .arg("--peers")
-            .arg(peers)
+            .arg(addresses.peers)
             .arg("--client")
-            .arg(client)
+            .arg(addresses.client)
+            .arg("--resp")
+            .arg(addresses.resp)
             .arg("--data-dir")
             .arg(args.dir.join(format!("node-{node}")))
             .stdin(Stdio::null())

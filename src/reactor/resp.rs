@@ -303,8 +303,10 @@ fn record(order: &mut VecDeque<Slot>, id: RequestId, payload: &[u8]) {
         };
         part.reply = Some(decode_response(payload, part.kind).map(|r| r.reply));
         if parts.iter().all(|part| part.reply.is_some()) {
-            let replies: Vec<Result<Reply, WireError>> =
-                parts.iter_mut().filter_map(|part| part.reply.take()).collect();
+            let replies: Vec<Result<Reply, WireError>> = parts
+                .iter_mut()
+                .filter_map(|part| part.reply.take())
+                .collect();
             *slot = Slot::Done(combine(*shape, &replies));
         }
         return;

@@ -377,7 +377,9 @@ fn plan_client(rest: &[Bytes], session: &mut Session) -> Plan {
     match (subcommand.as_str(), rest.get(1..).unwrap_or_default()) {
         ("SETNAME", [name]) => {
             if name.iter().any(|&byte| byte <= b' ' || byte > b'~') {
-                return error("ERR Client names cannot contain spaces, newlines or special characters.");
+                return error(
+                    "ERR Client names cannot contain spaces, newlines or special characters.",
+                );
             }
             session.name = (!name.is_empty()).then(|| name.clone());
             simple("OK")
@@ -644,7 +646,10 @@ mod tests {
             })
         );
         assert_eq!(write("setnx k v").1, Shape::WrittenFlag);
-        assert_eq!(reply_text(plan_line("set k v nx xx")), "-ERR syntax error\r\n");
+        assert_eq!(
+            reply_text(plan_line("set k v nx xx")),
+            "-ERR syntax error\r\n"
+        );
         assert!(reply_text(plan_line("set k v ex 10")).starts_with("-ERR SET EX is not"));
         assert_eq!(
             reply_text(plan_line("decrby n -9223372036854775808")),
@@ -667,8 +672,14 @@ mod tests {
         let keys: Vec<String> = (0..64).map(|i| format!("key{i}")).collect();
         let group = |key: &String| group_of_key(key.as_bytes(), groups_total);
         let first = &keys[0];
-        let same = keys[1..].iter().find(|k| group(k) == group(first)).expect("a key of the same group");
-        let other = keys[1..].iter().find(|k| group(k) != group(first)).expect("a key of another group");
+        let same = keys[1..]
+            .iter()
+            .find(|k| group(k) == group(first))
+            .expect("a key of the same group");
+        let other = keys[1..]
+            .iter()
+            .find(|k| group(k) != group(first))
+            .expect("a key of another group");
         let line = |a: &str, b: &str| words(&format!("MSET {a} 1 {b} 2"));
         let mut session = Session::default();
         assert!(matches!(
@@ -682,7 +693,9 @@ mod tests {
         let too_many: Vec<Bytes> = std::iter::once(b("MSET"))
             .chain((0..=MULTI_PUT_KEYS_MAX).flat_map(|_| [b("k"), b("v")]))
             .collect();
-        assert!(reply_text(plan(&too_many, &mut session, groups_total)).contains("exceeds the limit"));
+        assert!(
+            reply_text(plan(&too_many, &mut session, groups_total)).contains("exceeds the limit")
+        );
     }
 
     #[test]
@@ -695,14 +708,19 @@ mod tests {
         assert_eq!(shape, Shape::Values);
         assert_eq!(
             ops,
-            ["a", "b", "a"].map(|k| ClientOp::Get { key: b(k) }).to_vec()
+            ["a", "b", "a"]
+                .map(|k| ClientOp::Get { key: b(k) })
+                .to_vec()
         );
         let values = [
             Ok(Reply::Value(Some(b("1")))),
             Ok(Reply::Value(None)),
             Ok(Reply::Value(Some(Bytes::new()))),
         ];
-        assert_eq!(combine(Shape::Values, &values), b"*3\r\n$1\r\n1\r\n$-1\r\n$0\r\n\r\n");
+        assert_eq!(
+            combine(Shape::Values, &values),
+            b"*3\r\n$1\r\n1\r\n$-1\r\n$0\r\n\r\n"
+        );
         assert_eq!(combine(Shape::Count, &values), b":2\r\n");
         let deleted = [
             Ok(Reply::Deleted { existed: true }),
@@ -716,7 +734,10 @@ mod tests {
                 message: "no quorum".into(),
             }),
         ];
-        assert_eq!(combine(Shape::Values, &failed), b"-ERR unavailable: no quorum\r\n");
+        assert_eq!(
+            combine(Shape::Values, &failed),
+            b"-ERR unavailable: no quorum\r\n"
+        );
         assert_eq!(
             combine(Shape::WrittenFlag, &[Ok(Reply::PutIf { written: false })]),
             b":0\r\n"
@@ -725,7 +746,10 @@ mod tests {
             combine(Shape::Single, &[Ok(Reply::PutIf { written: false })]),
             b"$-1\r\n"
         );
-        assert_eq!(combine(Shape::Single, &[Ok(Reply::Counter(-3))]), b":-3\r\n");
+        assert_eq!(
+            combine(Shape::Single, &[Ok(Reply::Counter(-3))]),
+            b":-3\r\n"
+        );
         assert_eq!(
             combine(
                 Shape::Single,
@@ -739,7 +763,9 @@ mod tests {
         let too_many = std::iter::once(b("DEL"))
             .chain((0..=RESP_FANOUT_KEYS_MAX).map(|_| b("k")))
             .collect::<Vec<_>>();
-        assert!(reply_text(plan(&too_many, &mut Session::default(), 4)).contains("exceeds the limit"));
+        assert!(
+            reply_text(plan(&too_many, &mut Session::default(), 4)).contains("exceeds the limit")
+        );
         assert_eq!(
             reply_text(plan_line("EXISTS")),
             "-ERR wrong number of arguments for 'exists' command\r\n"

@@ -8,8 +8,8 @@ use flatbuffers::FlatBufferBuilder;
 use super::generated::client_generated::ringraft::wire::client as fb;
 use super::raft::WireError;
 use crate::ids::{GroupId, LogIndex, NodeId, Term};
-use crate::kv::{Command, PutCondition};
 use crate::kv::command::validate_key;
+use crate::kv::{Command, PutCondition};
 use crate::raft::RoleKind;
 
 /// A client-chosen request id, echoed in the response.
@@ -217,10 +217,7 @@ fn encode_put(
     key: &Bytes,
     value: &Bytes,
     condition: fb::PutCondition,
-) -> (
-    fb::Op,
-    flatbuffers::WIPOffset<flatbuffers::UnionWIPOffset>,
-) {
+) -> (fb::Op, flatbuffers::WIPOffset<flatbuffers::UnionWIPOffset>) {
     let key = builder.create_vector(&key[..]);
     let value = builder.create_vector(&value[..]);
     let args = fb::PutArgs {
