@@ -37,6 +37,15 @@ enum Command {
         #[command(flatten)]
         connection: Connection,
     },
+    /// Add to the integer stored at a key (absent: 0) and print the sum.
+    Incr {
+        key: String,
+        /// What to add (negative to subtract).
+        #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
+        by: i64,
+        #[command(flatten)]
+        connection: Connection,
+    },
     /// Delete a key. Prints whether it existed.
     Del {
         key: String,
@@ -276,6 +285,11 @@ fn run(command: Command) -> anyhow::Result<()> {
             connection.connect()?.put(bytes(&key), bytes(&value))?;
             println!("OK");
         }
+        Command::Incr {
+            key,
+            by,
+            connection,
+        } => println!("{}", connection.connect()?.incr(bytes(&key), by)?),
         Command::Del { key, connection } => {
             let existed = connection.connect()?.delete(bytes(&key))?;
             println!("{}", if existed { "deleted" } else { "not found" });

@@ -306,7 +306,7 @@ fn rate(printed: &str, test: &str) -> Option<f64> {
         .filter_map(|line| line.trim().strip_prefix(&format!("{test}: ")))
         .filter_map(|rest| rest.split(" requests per second").next())
         .filter_map(|number| number.trim().parse::<f64>().ok())
-        .last()
+        .next_back()
 }
 
 #[test]
