@@ -10,7 +10,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use ringraft::client::{Client, ClientError};
+use ringraft::kv::Command as KvCommand;
 use ringraft::shard::core::group_of_key;
+use ringraft::wire::client::{ClientOp, ErrorCode};
 
 /// One cluster at a time: three processes already share this machine's cores.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -39,6 +43,7 @@ fn require_tool(tool: &str) {
 }
 
 struct Node {
+    client_port: u16,
     resp_port: u16,
     dir: PathBuf,
     child: Child,
@@ -67,9 +72,10 @@ impl Cluster {
                 std::fs::create_dir_all(&dir).expect("node directory");
                 let log = std::fs::File::create(dir.join("server.log")).expect("log file");
                 let resp_port = free_port();
+                let client_port = free_port();
                 let child = Command::new(env!("CARGO_BIN_EXE_ringraft"))
                     .args(["server", "--node-id", &id.to_string(), "--peers", &peers])
-                    .args(["--client", &format!("127.0.0.1:{}", free_port())])
+                    .args(["--client", &format!("127.0.0.1:{client_port}")])
                     .args(["--resp", &format!("127.0.0.1:{resp_port}")])
                     .arg("--data-dir")
                     .arg(dir.join("data"))
@@ -81,6 +87,7 @@ impl Cluster {
                     .spawn()
                     .expect("start ringraft server");
                 Node {
+                    client_port,
                     resp_port,
                     dir,
                     child,
@@ -275,6 +282,28 @@ fn redis_cli_runs_every_supported_command_against_any_node() {
     expect(1, &["CONFIG", "GET", "appendonly"], "appendonly\nyes\n");
     expect(1, &["CLIENT", "SETNAME", "tester"], "OK\n");
     expect(2, &["COMMAND", "COUNT"], "0\n");
+    // The native protocol carries the same commands: a cross-group multi-put is refused
+    // there too (checked by the shard), and an increment sees the RESP ones.
+    let endpoint = format!("127.0.0.1:{}", cluster.nodes[2].client_port);
+    let mut native = Client::connect(&endpoint, DEADLINE).expect("native client");
+    let refused = native.call(ClientOp::Write(KvCommand::MultiPut {
+        pairs: vec![
+            (Bytes::from(first.clone()), Bytes::from_static(b"1")),
+            (Bytes::from(other.clone()), Bytes::from_static(b"2")),
+        ],
+    }));
+    assert!(
+        matches!(&refused, Err(ClientError::Server { code: ErrorCode::BadRequest, message })
+            if message.contains("don't hash to the same group")),
+        "cross-group multi-put answered {refused:?}"
+    );
+    assert_eq!(
+        native
+            .incr(Bytes::from_static(b"counter"), 2)
+            .expect("incr"),
+        42
+    );
+    expect(0, &["GET", "counter"], "42\n");
     let info = cluster.cli(1, &["INFO"]);
     for line in [
         "# Server",
