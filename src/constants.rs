@@ -128,6 +128,11 @@ pub const PEER_FRAME_BYTES_MAX: usize = 2 * BATCH_BYTES_MAX as usize;
 /// Encoded batches queued for one peer node on one core; past it new batches are dropped
 /// (Raft retransmits) rather than memory growing while a peer is slow or down.
 pub const PEER_QUEUE_FRAMES_MAX: usize = 1024;
+/// Bytes of queued frames a socket writer gathers into one write (one syscall for many
+/// responses or batches under load).
+pub const SOCKET_WRITE_GATHER_BYTES: usize = 256 * 1024;
+/// Bytes a socket reader asks the kernel for at once (many small frames per syscall).
+pub const SOCKET_READ_BUFFER_BYTES: usize = 64 * 1024;
 /// How long one connection attempt to a peer may take.
 pub const PEER_CONNECT_TIMEOUT_MS: u64 = 1000;
 /// First and largest pause between connection attempts to a peer (doubling in between).

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
-use ringraft::bench::{self, BenchConfig, Limit};
+use ringraft::bench::{self, BenchConfig, Limit, Routing};
 use ringraft::client::Client;
 use ringraft::raft::RoleKind;
 use ringraft::sim::{SimConfig, SimError, Sweep, run_seed, run_seeds};
@@ -232,6 +232,11 @@ struct BenchArgs {
     /// Write the results, with the whole histogram, to this JSON file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Send each request to any node (connection i to endpoint i) and let the node forward
+    /// it to its group's leader. Default: like a leader-caching client, connection i talks to
+    /// the i-th node that leads a group and uses only keys of the groups it leads.
+    #[arg(long)]
+    route_any: bool,
 }
 
 #[derive(Args, Debug)]
@@ -458,6 +463,11 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         timeout: Duration::from_millis(args.connection.timeout_ms),
         seed: args.seed,
         progress: true,
+        routing: if args.route_any {
+            Routing::Any
+        } else {
+            Routing::Leader
+        },
     };
     let report = bench::run(&config)?;
     print!("{}", report.summary());

@@ -17,7 +17,22 @@ use thiserror::Error;
 use crate::client::{Client, ClientError};
 use crate::kv::Command;
 use crate::prng::Prng;
+use crate::raft::RoleKind;
+use crate::shard::core::group_of_key;
 use crate::wire::client::{ClientOp, Reply, RequestId};
+
+/// Keys drawn at most to find one of a connection's groups.
+const KEY_DRAWS_MAX: usize = 1000;
+
+/// `fmt::Write` into a byte buffer (keys are ASCII).
+struct KeyWriter<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for KeyWriter<'_> {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(text.as_bytes());
+        Ok(())
+    }
+}
 
 /// Highest latency the histograms track, in microseconds (one minute).
 const LATENCY_US_MAX: u64 = 60_000_000;
@@ -38,6 +53,79 @@ pub struct BenchConfig {
     pub seed: u64,
     /// Print a progress line each second.
     pub progress: bool,
+    pub routing: Routing,
+}
+
+/// Where each connection sends its requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Routing {
+    /// Like a client that caches leaders (TiKV's, for one): connection i talks to the i-th
+    /// node that leads any group and uses only keys of the groups it leads, so requests are
+    /// served without a forwarding hop. Leadership is read once, at the start.
+    Leader,
+    /// Connection i talks to endpoint i (round robin) and uses every key: a request for a group
+    /// led elsewhere is forwarded by the node, as for a client that knows nothing.
+    Any,
+}
+
+/// What one connection talks to and which keys it may use.
+#[derive(Clone, Debug)]
+struct Route {
+    endpoint: String,
+    /// Indexed by group: whether this route's keys may fall in it (every group: any key).
+    groups: Vec<bool>,
+}
+
+/// The routes of a run: one per node that leads a group (leader routing) or per endpoint.
+fn plan_routes(config: &BenchConfig) -> Result<Vec<Route>, BenchError> {
+    let endpoints: Vec<String> = config
+        .endpoints
+        .split(',')
+        .map(str::trim)
+        .filter(|endpoint| !endpoint.is_empty())
+        .map(str::to_string)
+        .collect();
+    if endpoints.is_empty() {
+        return Err(BenchError::Config("no endpoints given".into()));
+    }
+    let every_key = |endpoint: &String| Route {
+        endpoint: endpoint.clone(),
+        groups: Vec::new(),
+    };
+    if config.routing == Routing::Any {
+        return Ok(endpoints.iter().map(every_key).collect());
+    }
+    let mut routes = Vec::new();
+    for endpoint in &endpoints {
+        let mut client =
+            Client::connect(endpoint, config.timeout).map_err(|source| BenchError::Client {
+                connection: 0,
+                source,
+            })?;
+        let (groups, _) = client.status().map_err(|source| BenchError::Client {
+            connection: 0,
+            source,
+        })?;
+        let mut led = vec![false; groups.len()];
+        for status in &groups {
+            if status.role == RoleKind::Leader
+                && let Some(slot) = led.get_mut(status.group.0 as usize)
+            {
+                *slot = true;
+            }
+        }
+        if led.contains(&true) {
+            routes.push(Route {
+                endpoint: endpoint.clone(),
+                groups: led,
+            });
+        }
+    }
+    if routes.is_empty() {
+        // No node claims a group (an election is running): forwarding still serves them.
+        return Ok(endpoints.iter().map(every_key).collect());
+    }
+    Ok(routes)
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -104,7 +192,7 @@ impl BenchReport {
         let _ = writeln!(
             json,
             "  \"settings\": {{\"connections\": {}, \"pipeline\": {}, \"value_bytes\": {}, \"keys\": {}, \
-             \"read_fraction\": {}, \"rate\": {}, \"seed\": {}}},",
+             \"read_fraction\": {}, \"rate\": {}, \"seed\": {}, \"routing\": \"{}\"}},",
             config.connections,
             config.pipeline,
             config.value_bytes,
@@ -113,7 +201,11 @@ impl BenchReport {
             config
                 .rate
                 .map_or_else(|| "null".to_string(), |r| r.to_string()),
-            config.seed
+            config.seed,
+            match config.routing {
+                Routing::Leader => "leader",
+                Routing::Any => "any",
+            }
         );
         let _ = writeln!(
             json,
@@ -182,6 +274,7 @@ struct Shared {
 /// Runs the benchmark and returns what it measured.
 pub fn run(config: &BenchConfig) -> Result<BenchReport, BenchError> {
     config.validate()?;
+    let routes = plan_routes(config)?;
     let shared = Arc::new(Shared {
         ops: AtomicU64::new(0),
         errors: AtomicU64::new(0),
@@ -195,9 +288,10 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport, BenchError> {
     let workers: Vec<_> = (0..config.connections)
         .map(|connection| {
             let (config, shared, prng) = (config.clone(), Arc::clone(&shared), seeds.fork());
+            let route = routes[connection % routes.len()].clone();
             thread::spawn(move || {
-                let result =
-                    Worker::new(&config, connection, prng, start).and_then(|w| w.run(&shared));
+                let result = Worker::new(&config, route, connection, prng, start)
+                    .and_then(|w| w.run(&shared));
                 if result.is_err() {
                     shared.stop.store(true, Ordering::Relaxed);
                 }
@@ -269,6 +363,8 @@ fn watch(config: &BenchConfig, shared: &Shared, start: Instant) {
 /// One connection's loop.
 struct Worker {
     client: Client,
+    route: Route,
+    key: Vec<u8>,
     connection: usize,
     prng: Prng,
     value: Bytes,
@@ -283,16 +379,19 @@ struct Worker {
 impl Worker {
     fn new(
         config: &BenchConfig,
+        route: Route,
         connection: usize,
         mut prng: Prng,
         start: Instant,
     ) -> Result<Worker, BenchError> {
-        let client = Client::connect(&config.endpoints, config.timeout)
+        let client = Client::connect(&route.endpoint, config.timeout)
             .map_err(|source| BenchError::Client { connection, source })?;
         let mut value = vec![0u8; config.value_bytes];
         prng.fill_bytes(&mut value);
         Ok(Worker {
             client,
+            route,
+            key: Vec::new(),
             connection,
             prng,
             value: Bytes::from(value),
@@ -365,8 +464,31 @@ impl Worker {
         }
     }
 
+    /// The next key: uniform over the keys of this connection's route.
+    fn next_key(&mut self) -> Bytes {
+        let groups = &self.route.groups;
+        // Bounded rejection sampling: with few keys a route may own none of them; then any
+        // key does (the node forwards it).
+        for _ in 0..KEY_DRAWS_MAX {
+            self.key.clear();
+            let _ = write!(
+                KeyWriter(&mut self.key),
+                "key:{:012}",
+                self.prng.below(self.config.keys)
+            );
+            if groups.is_empty() {
+                break;
+            }
+            let group = group_of_key(&self.key, groups.len() as u32);
+            if groups.get(group.0 as usize) == Some(&true) {
+                break;
+            }
+        }
+        Bytes::copy_from_slice(&self.key)
+    }
+
     fn send_one(&mut self, due: Instant) -> Result<(), BenchError> {
-        let key = Bytes::from(format!("key:{:012}", self.prng.below(self.config.keys)));
+        let key = self.next_key();
         let read = (self.prng.below(1_000_000) as f64) < self.config.read_fraction * 1_000_000.0;
         let op = if read {
             ClientOp::Get { key }
@@ -442,7 +564,35 @@ mod tests {
             timeout: Duration::from_secs(5),
             seed: 1,
             progress: false,
+            routing: Routing::Any,
         }
+    }
+
+    #[test]
+    fn a_leader_route_draws_only_keys_of_its_groups() {
+        // A connection routed to the leader of groups 1 and 3 (of 4) draws keys of those only.
+        let address = test_server::start();
+        let config = config(address.to_string(), Limit::Ops(1), None);
+        let route = Route {
+            endpoint: address.to_string(),
+            groups: vec![false, true, false, true],
+        };
+        let mut worker =
+            Worker::new(&config, route, 0, Prng::new(7), Instant::now()).expect("connects");
+        let mut seen = [0usize; 4];
+        for _ in 0..200 {
+            let key = worker.next_key();
+            seen[group_of_key(&key, 4).0 as usize] += 1;
+        }
+        assert_eq!(
+            (seen[0], seen[2]),
+            (0, 0),
+            "keys of groups not led: {seen:?}"
+        );
+        assert!(
+            seen[1] > 0 && seen[3] > 0,
+            "both led groups drawn: {seen:?}"
+        );
     }
 
     #[test]

@@ -77,6 +77,8 @@ pub struct Client {
     in_flight: Vec<(RequestId, ReplyKind)>,
     builder: FlatBufferBuilder<'static>,
     read_buffer: Vec<u8>,
+    /// Requests sent but not yet written.
+    write_buffer: Vec<u8>,
 }
 
 impl Client {
@@ -108,6 +110,7 @@ impl Client {
             in_flight: Vec::new(),
             builder: FlatBufferBuilder::new(),
             read_buffer: Vec::new(),
+            write_buffer: Vec::new(),
         };
         client.reconnect()?;
         Ok(client)
@@ -123,6 +126,8 @@ impl Client {
     pub fn reconnect(&mut self) -> Result<(), ClientError> {
         self.stream = None;
         self.in_flight.clear();
+        self.write_buffer.clear();
+        self.read_buffer.clear();
         let mut last = String::new();
         for _ in 0..self.endpoints.len() {
             let endpoint = self.endpoint();
@@ -153,23 +158,39 @@ impl Client {
         let id = RequestId(self.next_id);
         self.next_id += 1;
         let kind = op.reply_kind();
+        if self.stream.is_none() {
+            return Err(ClientError::Unreachable {
+                tried: endpoint.to_string(),
+                last: "not connected".to_string(),
+            });
+        }
         let payload = encode_request(&mut self.builder, &ClientRequest { id, op });
-        let mut frame = Vec::with_capacity(payload.len() + 4);
-        frame.extend_from_slice(&FrameHeader::encode(payload.len()));
-        frame.extend_from_slice(payload);
-        let stream = self.stream.as_mut().ok_or(ClientError::Unreachable {
-            tried: endpoint.to_string(),
-            last: "not connected".to_string(),
-        })?;
-        stream
-            .write_all(&frame)
-            .map_err(|source| ClientError::Io { endpoint, source })?;
+        self.write_buffer
+            .extend_from_slice(&FrameHeader::encode(payload.len()));
+        self.write_buffer.extend_from_slice(payload);
         self.in_flight.push((id, kind));
         Ok(id)
     }
 
+    /// Writes the requests sent since the last flush, in one call (`recv` flushes first, so
+    /// pipelined requests leave together).
+    pub fn flush(&mut self) -> Result<(), ClientError> {
+        if self.write_buffer.is_empty() {
+            return Ok(());
+        }
+        let endpoint = self.endpoint();
+        let stream = self.stream.as_mut().ok_or(ClientError::Unreachable {
+            tried: endpoint.to_string(),
+            last: "not connected".to_string(),
+        })?;
+        let written = stream.write_all(&self.write_buffer);
+        self.write_buffer.clear();
+        written.map_err(|source| ClientError::Io { endpoint, source })
+    }
+
     /// Waits for the next response of any request in flight.
     pub fn recv(&mut self) -> Result<ClientResponse, ClientError> {
+        self.flush()?;
         let endpoint = self.endpoint();
         let deadline = Instant::now() + self.timeout;
         let header = loop {

@@ -22,6 +22,7 @@
 
 pub mod disk;
 pub mod driver;
+pub mod fold;
 pub mod index;
 pub mod record;
 pub mod recovery;
@@ -36,6 +37,7 @@ use crate::ids::{GroupId, LogIndex};
 
 pub use disk::{Disk, DiskError, DiskOp, SegmentSeq, parse_segment_file_name, segment_file_name};
 pub use driver::Log;
+pub use fold::fold_appends;
 pub use index::{GroupIndex, Location};
 pub use recovery::{Recovered, Recovery, RecoverySummary, RestoredGroup, TornTail};
 pub use wal::{AppendPlan, FetchPlan, ReadOp, Wal, WalConfig, WalOp, WalPosition};

@@ -14,9 +14,12 @@ use flatbuffers::FlatBufferBuilder;
 use futures_lite::AsyncWriteExt;
 use glommio::net::{TcpListener, TcpStream};
 
-use crate::constants::{CLIENT_FRAME_BYTES_MAX, CLIENT_INFLIGHT_REQUESTS_MAX};
+use crate::constants::{
+    CLIENT_FRAME_BYTES_MAX, CLIENT_INFLIGHT_REQUESTS_MAX, SOCKET_READ_BUFFER_BYTES,
+};
 use crate::reactor::context::{CoreContext, Input, MeshMessage};
 use crate::reactor::driver::response_frame;
+use crate::reactor::gather::gather_frames;
 use crate::reactor::peer::{PeerError, read_frame};
 use crate::reactor::shard_api::{Origin, core_of_group, group_of_key};
 use crate::wire::client::{
@@ -66,11 +69,13 @@ pub async fn accept_loop<F, Fut>(
 
 async fn serve_connection(context: Rc<CoreContext>, stream: TcpStream, peer: Option<SocketAddr>) {
     let (connection, frames, in_flight) = context.register_connection();
-    let (mut reader, mut writer) = futures_lite::io::split(stream);
+    let (reader, mut writer) = futures_lite::io::split(stream);
+    let mut reader = futures_lite::io::BufReader::with_capacity(SOCKET_READ_BUFFER_BYTES, reader);
     let writer_task = glommio::spawn_local_into(
         async move {
-            while let Some(frame) = frames.recv().await {
-                if writer.write_all(&frame).await.is_err() {
+            let mut gathered = Vec::new();
+            while gather_frames(&frames, &mut gathered).await {
+                if writer.write_all(&gathered).await.is_err() {
                     return;
                 }
             }

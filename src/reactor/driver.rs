@@ -18,7 +18,7 @@ use glommio::channels::local_channel::LocalReceiver;
 
 use crate::constants::{SHUTDOWN_DRAIN_MS, TICKS_PER_WAKE_MAX};
 use crate::ids::{GroupId, NodeId};
-use crate::log::Log;
+use crate::log::{Log, fold_appends};
 use crate::raft::types::{Fetch, Persist};
 use crate::reactor::context::{CoreContext, Input, MeshMessage};
 use crate::reactor::disk::DmaDisk;
@@ -79,7 +79,26 @@ pub async fn run_wal(
             let job = queue.jobs.borrow_mut().pop_front();
             let Some(job) = job else { break };
             match job {
-                WalJob::Append(ticket, persists) => {
+                WalJob::Append(ticket, mut persists) => {
+                    // Group commit across rounds: appends queued behind the last sync go
+                    // out together, as one write and one sync.
+                    let mut tickets = vec![ticket];
+                    loop {
+                        let mut jobs = queue.jobs.borrow_mut();
+                        let Some(WalJob::Append(..)) = jobs.front() else {
+                            break;
+                        };
+                        let Some(WalJob::Append(next_ticket, next)) = jobs.pop_front() else {
+                            break;
+                        };
+                        match fold_appends(&mut persists, next) {
+                            Ok(()) => tickets.push(next_ticket),
+                            Err(next) => {
+                                jobs.push_front(WalJob::Append(next_ticket, next));
+                                break;
+                            }
+                        }
+                    }
                     let batch: Vec<(GroupId, &Persist)> = persists
                         .iter()
                         .map(|(group, persist)| (*group, persist))
@@ -87,8 +106,12 @@ pub async fn run_wal(
                     if let Err(error) = log.append(&batch).await {
                         wal_failed(&context, "append", &error);
                     }
-                    queue.appends_pending.set(queue.appends_pending.get() - 1);
-                    context.push(Input::WalDurable(ticket));
+                    queue
+                        .appends_pending
+                        .set(queue.appends_pending.get() - tickets.len());
+                    for ticket in tickets {
+                        context.push(Input::WalDurable(ticket));
+                    }
                 }
                 WalJob::Fetch(group, fetch) => match log.fetch_for(group, &fetch).await {
                     Ok(entries) => context.push(Input::Fetched(group, entries)),

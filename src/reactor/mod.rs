@@ -10,6 +10,7 @@ pub mod context;
 pub mod disk;
 pub mod driver;
 pub mod executor;
+pub mod gather;
 pub mod peer;
 pub mod rawdisk;
 pub mod resp;

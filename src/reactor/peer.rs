@@ -25,6 +25,7 @@ use crate::constants::{
     PEER_RECONNECT_BACKOFF_MAX_MS, PEER_RECONNECT_BACKOFF_MIN_MS,
 };
 use crate::ids::{CoreId, NodeId};
+use crate::reactor::gather::gather_frames;
 use crate::shard::{Batch, BatchError};
 use crate::wire::frame::FRAME_HEADER_BYTES;
 use crate::wire::{FrameError, FrameHeader, WireError, decode_batch, encode_batch};
@@ -208,6 +209,7 @@ async fn run_link(target: LinkTarget, frames: LocalReceiver<Vec<u8>>) {
     let mut backoff = Duration::from_millis(PEER_RECONNECT_BACKOFF_MIN_MS);
     let mut failures: u64 = 0;
     let peer = target.hello.to;
+    let mut gathered = Vec::new();
     loop {
         match connect(&target).await {
             Ok(mut stream) => {
@@ -217,10 +219,10 @@ async fn run_link(target: LinkTarget, frames: LocalReceiver<Vec<u8>>) {
                 backoff = Duration::from_millis(PEER_RECONNECT_BACKOFF_MIN_MS);
                 failures = 0;
                 let reason = loop {
-                    let Some(frame) = frames.recv().await else {
+                    if !gather_frames(&frames, &mut gathered).await {
                         return;
-                    };
-                    if let Err(error) = stream.write_all(&frame).await {
+                    }
+                    if let Err(error) = stream.write_all(&gathered).await {
                         break error;
                     }
                 };

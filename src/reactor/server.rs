@@ -460,10 +460,14 @@ async fn accept_peer(context: Rc<CoreContext>, mut stream: TcpStream) {
 }
 
 /// Reads a peer's batches into this core's shard until the connection ends.
-async fn serve_peer(context: Rc<CoreContext>, mut stream: TcpStream, hello: Hello) {
+async fn serve_peer(context: Rc<CoreContext>, stream: TcpStream, hello: Hello) {
     tracing::info!(node = %context.node, core = %context.core, peer = %hello.from,
         "peer connection accepted");
     let deliver_context = context.clone();
+    let mut stream = futures_lite::io::BufReader::with_capacity(
+        crate::constants::SOCKET_READ_BUFFER_BYTES,
+        stream,
+    );
     let reason = read_batches(&mut stream, hello, |batch| {
         let context = deliver_context.clone();
         async move {
