@@ -244,6 +244,12 @@ fn redis_cli_runs_every_supported_command_against_any_node() {
     expect(0, &["SET", "absent", "x", "XX"], "\n");
     expect(1, &["SETNX", "k", "v3"], "0\n");
     expect(0, &["GET", "k"], "v2\n");
+    // A value larger than one socket read arrives in pieces and is stored whole.
+    let big: String = (0..100_000u32)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    expect(1, &["SET", "big", &big], "OK\n");
+    expect(2, &["GET", "big"], &format!("{big}\n"));
     expect(0, &["INCR", "counter"], "1\n");
     expect(1, &["INCR", "counter"], "2\n");
     expect(2, &["INCRBY", "counter", "40"], "42\n");

@@ -111,15 +111,24 @@ async fn serve(
             Err(error) => break Some(error.to_string()),
         };
         buffer.extend_from_slice(&chunk[..count]);
+        // Commands are parsed from one frozen view of what has arrived: arguments share its
+        // memory and each command costs no copy; an incomplete tail goes back to `buffer`.
+        let mut view: Bytes = buffer.split().freeze();
         loop {
-            let view: Bytes = buffer.clone().freeze();
             let (command, consumed_bytes) = match parse_command(&view) {
                 Ok(Parsed::Command {
                     command,
                     consumed_bytes,
                 }) => (Some(command), consumed_bytes),
                 Ok(Parsed::Empty { consumed_bytes }) => (None, consumed_bytes),
-                Ok(Parsed::Incomplete) => break,
+                Ok(Parsed::Incomplete) => {
+                    // Unshared (every earlier command is done with it), the tail is taken
+                    // back without a copy.
+                    buffer = view
+                        .try_into_mut()
+                        .unwrap_or_else(|view| BytesMut::from(&view[..]));
+                    break;
+                }
                 Err(error) => {
                     let mut out = Vec::new();
                     RespWriter { out: &mut out }.error(&error.to_string());
@@ -128,7 +137,7 @@ async fn serve(
                     break 'connection Some(error.to_string());
                 }
             };
-            let _ = buffer.split_to(consumed_bytes);
+            view = view.slice(consumed_bytes.min(view.len())..);
             let Some(command) = command else { continue };
             // In order: the previous command must be answered before this one runs.
             while order
@@ -310,5 +319,57 @@ fn record(order: &mut VecDeque<Slot>, id: RequestId, payload: &[u8]) {
             *slot = Slot::Done(combine(*shape, &replies));
         }
         return;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::client::ClientResponse;
+
+    fn pending(ids: &[u64], kind: ReplyKind, shape: Shape) -> Slot {
+        let parts = ids
+            .iter()
+            .map(|&id| Part {
+                id: RequestId(id),
+                kind,
+                reply: None,
+            })
+            .collect();
+        Slot::Pending { parts, shape }
+    }
+
+    fn frame(id: u64, reply: Reply) -> Vec<u8> {
+        let mut builder = FlatBufferBuilder::new();
+        crate::reactor::driver::response_frame(
+            &mut builder,
+            &ClientResponse {
+                id: RequestId(id),
+                reply,
+            },
+        )
+    }
+
+    #[test]
+    fn replies_leave_in_command_order_whatever_order_responses_arrive_in() {
+        // An MGET of two keys, a ready reply and an INCR: responses arriving 3, 2, 1 are
+        // held until the MGET is whole, then all three replies are written in order.
+        let order = RefCell::new(VecDeque::from([
+            pending(&[1, 2], ReplyKind::Get, Shape::Values),
+            Slot::Done(b"+PONG\r\n".to_vec()),
+            pending(&[3], ReplyKind::Incr, Shape::Single),
+        ]));
+        assert!(complete(&order, &frame(3, Reply::Counter(7))).is_empty());
+        assert!(complete(&order, &frame(2, Reply::Value(None))).is_empty());
+        let b = Bytes::from_static(b"v");
+        let written = complete(&order, &frame(1, Reply::Value(Some(b))));
+        assert_eq!(
+            String::from_utf8_lossy(&written),
+            "*2\r\n$1\r\nv\r\n$-1\r\n+PONG\r\n:7\r\n"
+        );
+        assert!(order.borrow().is_empty());
+        // An empty frame ("look again") and a response nobody waits for change nothing.
+        assert!(complete(&order, &[]).is_empty());
+        assert!(complete(&order, &frame(99, Reply::Written)).is_empty());
     }
 }
