@@ -427,10 +427,8 @@ mod tests {
         Bytes::from_static(s.as_bytes())
     }
 
-    #[test]
-    fn every_command_round_trips() {
-        // Each op, including every combination of cas flags, decodes to itself.
-        let commands = [
+    fn sample_commands() -> Vec<Command> {
+        vec![
             Command::Put {
                 key: b("k"),
                 value: b("v"),
@@ -481,8 +479,13 @@ mod tests {
             Command::MultiPut {
                 pairs: vec![(b("a"), b("1")), (b("b"), Bytes::new())],
             },
-        ];
-        for command in commands {
+        ]
+    }
+
+    #[test]
+    fn every_command_round_trips() {
+        // Each op, including every combination of cas flags, decodes to itself.
+        for command in sample_commands() {
             let encoded = command.encode();
             assert_eq!(encoded.len(), command.encoded_bytes());
             assert_eq!(Command::decode(&encoded), Ok(command));
@@ -593,6 +596,23 @@ mod tests {
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             // Any entry payload decodes or errs.
             let _ = Command::decode(&Bytes::from(bytes));
+        }
+
+        #[test]
+        fn corrupted_commands_never_panic(
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
+        ) {
+            // Every op's encoding with a few bytes overwritten decodes or errs.
+            for command in sample_commands() {
+                let mut encoded = command.encode().to_vec();
+                for &(position, value) in &flips {
+                    let at = position % encoded.len();
+                    encoded[at] = value;
+                }
+                if let Ok(decoded) = Command::decode(&Bytes::from(encoded)) {
+                    prop_assert!(decoded.validate().is_ok(), "{decoded:?}");
+                }
+            }
         }
     }
 }
