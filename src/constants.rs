@@ -42,6 +42,15 @@ pub const CLIENT_FRAME_BYTES_MAX: usize = 1024 * 1024;
 /// Requests in flight on one client connection before the server answers `Overloaded`.
 pub const CLIENT_INFLIGHT_REQUESTS_MAX: usize = 4096;
 
+/// Keys of one multi-put command (RESP `MSET`); its encoded size must also stay within
+/// `COMMAND_BYTES_MAX`.
+pub const MULTI_PUT_KEYS_MAX: usize = 1024;
+/// Keys of one RESP command answered by one request per key (`MGET`, `DEL`, `EXISTS`); each
+/// is in flight at once on the connection.
+pub const RESP_FANOUT_KEYS_MAX: usize = 1024;
+
+const _: () = assert!(RESP_FANOUT_KEYS_MAX <= CLIENT_INFLIGHT_REQUESTS_MAX);
+const _: () = assert!(MULTI_PUT_KEYS_MAX * 10 <= COMMAND_BYTES_MAX as usize);
 const _: () = assert!(
     crate::kv::command::KEY_BYTES_MAX + crate::kv::command::VALUE_BYTES_MAX + 1024
         <= CLIENT_FRAME_BYTES_MAX

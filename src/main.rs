@@ -41,6 +41,15 @@ enum Command {
         #[command(flatten)]
         connection: Connection,
     },
+    /// Add to the integer stored at a key (absent: 0) and print the sum.
+    Incr {
+        key: String,
+        /// What to add (negative to subtract).
+        #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
+        by: i64,
+        #[command(flatten)]
+        connection: Connection,
+    },
     /// Delete a key. Prints whether it existed.
     Del {
         key: String,
@@ -103,7 +112,7 @@ struct ServerArgs {
     /// Where clients connect (native protocol, docs/protocol.md).
     #[arg(long, default_value = "127.0.0.1:7101")]
     client: String,
-    /// Where Redis clients connect (RESP2: PING, GET, SET, DEL, QUIT); off unless given.
+    /// Where Redis clients connect (RESP2, the commands listed in README); off unless given.
     #[arg(long)]
     resp: Option<String>,
     /// Directory of this node's write-ahead logs (one `core-<n>/` per core). Created if missing.
@@ -149,7 +158,8 @@ struct ClusterArgs {
     /// Parent directory of the nodes' data directories (`node-<id>/`) and logs.
     #[arg(long, default_value = "./ringraft-data")]
     dir: std::path::PathBuf,
-    /// Peer port of node 1; node i uses P + i - 1 for peers and P + 100 + i - 1 for clients.
+    /// Peer port of node 1; node i uses P + i - 1 for peers, P + 100 + i - 1 for clients and
+    /// P + 200 + i - 1 for Redis clients (RESP).
     #[arg(long, default_value_t = 7001)]
     base_port: u16,
     /// Cores per node (default: every CPU).
@@ -288,6 +298,11 @@ fn run(command: Command) -> anyhow::Result<()> {
             connection.connect()?.put(bytes(&key), bytes(&value))?;
             println!("OK");
         }
+        Command::Incr {
+            key,
+            by,
+            connection,
+        } => println!("{}", connection.connect()?.incr(bytes(&key), by)?),
         Command::Del { key, connection } => {
             let existed = connection.connect()?.delete(bytes(&key))?;
             println!("{}", if existed { "deleted" } else { "not found" });
@@ -559,18 +574,25 @@ mod cluster {
         };
         let mut peers = Vec::new();
         let mut clients = Vec::new();
+        let mut resps = Vec::new();
         for index in 0..node_count {
             peers.push(format!("{}=127.0.0.1:{}", index + 1, port(index)?));
             clients.push(format!("127.0.0.1:{}", port(100 + index)?));
+            resps.push(port(200 + index)?);
         }
         let peers = peers.join(",");
         std::fs::create_dir_all(&args.dir)
             .with_context(|| format!("creating {}", args.dir.display()))?;
         let exe = std::env::current_exe().context("finding the ringraft executable")?;
         let mut nodes = Vec::new();
-        for (index, client) in clients.iter().enumerate() {
+        for (index, (client, resp)) in clients.iter().zip(&resps).enumerate() {
             let id = index + 1;
-            match spawn_node(&exe, args, id, &peers, client) {
+            let addresses = Addresses {
+                peers: &peers,
+                client,
+                resp: &format!("127.0.0.1:{resp}"),
+            };
+            match spawn_node(&exe, args, id, &addresses) {
                 Ok(child) => nodes.push(Node {
                     id,
                     child,
@@ -586,10 +608,10 @@ mod cluster {
         }
         let endpoints = clients.join(",");
         println!("ringraft cluster of {} nodes", node_count);
-        for (node, client) in nodes.iter().zip(&clients) {
+        for (node, (client, resp)) in nodes.iter().zip(clients.iter().zip(&resps)) {
             let log = args.dir.join(format!("node-{}.log", node.id));
             println!(
-                "  node {}: pid {}, clients {client}, log {}",
+                "  node {}: pid {}, clients {client}, redis 127.0.0.1:{resp}, log {}",
                 node.id,
                 node.child.id(),
                 log.display()
@@ -599,17 +621,26 @@ mod cluster {
         println!("  ringraft put hello world --endpoints {endpoints}");
         println!("  ringraft get hello --endpoints {endpoints}");
         println!("  ringraft status --endpoints {endpoints}");
+        if let Some(resp) = resps.first() {
+            println!("  redis-cli -p {resp} set hello world");
+        }
         println!("Ctrl-C stops the nodes one at a time; a second Ctrl-C kills them at once.");
         wait_for_stop(&mut nodes);
         stop_in_order(&mut nodes)
+    }
+
+    /// Where one node listens, and its peers.
+    struct Addresses<'a> {
+        peers: &'a str,
+        client: &'a str,
+        resp: &'a str,
     }
 
     fn spawn_node(
         exe: &Path,
         args: &ClusterArgs,
         node: usize,
-        peers: &str,
-        client: &str,
+        addresses: &Addresses<'_>,
     ) -> anyhow::Result<Child> {
         let log_path = args.dir.join(format!("node-{node}.log"));
         let log = std::fs::File::create(&log_path)
@@ -620,9 +651,11 @@ mod cluster {
             .arg("--node-id")
             .arg(node.to_string())
             .arg("--peers")
-            .arg(peers)
+            .arg(addresses.peers)
             .arg("--client")
-            .arg(client)
+            .arg(addresses.client)
+            .arg("--resp")
+            .arg(addresses.resp)
             .arg("--data-dir")
             .arg(args.dir.join(format!("node-{node}")))
             .stdin(Stdio::null())

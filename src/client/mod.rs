@@ -337,6 +337,15 @@ impl Client {
         }
     }
 
+    /// Adds `delta` to the integer at `key` (absent: 0), as one replicated command; returns
+    /// the sum. A value that is not an integer, or an overflow, is a `BadRequest`.
+    pub fn incr(&mut self, key: Bytes, delta: i64) -> Result<i64, ClientError> {
+        match self.call(ClientOp::Write(Command::Incr { key, delta }))? {
+            Reply::Counter(value) => Ok(value),
+            other => Err(unexpected(other)),
+        }
+    }
+
     pub fn status(&mut self) -> Result<(Vec<GroupStatus>, Vec<NodeStatus>), ClientError> {
         match self.call(ClientOp::Status)? {
             Reply::Status { groups, nodes } => Ok((groups, nodes)),

@@ -62,6 +62,12 @@ fn execute(machine: &mut KvMachine, op: ClientOp) -> Reply {
                 Outcome::Written => Reply::Written,
                 Outcome::Deleted { existed } => Reply::Deleted { existed },
                 Outcome::Cas { succeeded, current } => Reply::Cas { succeeded, current },
+                Outcome::PutIf { written } => Reply::PutIf { written },
+                Outcome::Counter { value } => Reply::Counter(value),
+                Outcome::CounterRefused(e) => Reply::Error {
+                    code: ErrorCode::BadRequest,
+                    message: e.to_string(),
+                },
                 Outcome::Rejected(e) => Reply::Error {
                     code: ErrorCode::BadRequest,
                     message: e.to_string(),

@@ -30,6 +30,16 @@ fn calls_round_trip_through_a_real_socket() {
     );
     assert!(client.delete(b("k")).expect("delete"));
     assert!(!client.delete(b("k")).expect("delete"));
+    assert_eq!(client.incr(b("n"), 5).expect("incr"), 5);
+    assert_eq!(client.incr(b("n"), -7).expect("incr"), -2);
+    client.put(b("k"), b("x")).expect("put");
+    assert!(matches!(
+        client.incr(b("k"), 1),
+        Err(ClientError::Server {
+            code: ErrorCode::BadRequest,
+            ..
+        })
+    ));
 }
 
 #[test]

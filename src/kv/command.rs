@@ -7,9 +7,17 @@
 //! - Delete: `key_len: u32, key`
 //! - Cas:    `key_len: u32, key, flags: u8 (bit 0: expected present, bit 1: new present),
 //!            [expected_len: u32, expected], [new_len: u32, new]`
+//! - PutIf:  `key_len: u32, key, value_len: u32, value, condition: u8 (1 absent, 2 present)`
+//! - Incr:   `key_len: u32, key, delta: i64`
+//! - MultiPut: `pair_count: u32`, then per pair `key_len: u32, key, value_len: u32, value`
+//!
+//! Ops are only ever appended; a node that meets an op it does not know rejects the entry
+//! (the same way on every node), it never panics.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use thiserror::Error;
+
+use crate::constants::MULTI_PUT_KEYS_MAX;
 
 /// Longest key accepted, in bytes.
 pub const KEY_BYTES_MAX: usize = 16 * 1024;
@@ -23,8 +31,25 @@ const _: () = assert!(
 const OP_PUT: u8 = 1;
 const OP_DELETE: u8 = 2;
 const OP_CAS: u8 = 3;
+const OP_PUT_IF: u8 = 4;
+const OP_INCR: u8 = 5;
+const OP_MULTI_PUT: u8 = 6;
 const CAS_EXPECTED: u8 = 1;
 const CAS_NEW: u8 = 2;
+const CONDITION_IF_ABSENT: u8 = 1;
+const CONDITION_IF_PRESENT: u8 = 2;
+
+/// The key of a command that has none (an empty `MultiPut`), refused by validation.
+static NO_KEY: Bytes = Bytes::new();
+
+/// When a conditional put takes effect (Redis `SET NX` / `SET XX`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PutCondition {
+    /// Only if the key does not exist.
+    IfAbsent,
+    /// Only if the key exists.
+    IfPresent,
+}
 
 /// A write to one key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,6 +67,24 @@ pub enum Command {
         key: Bytes,
         expected: Option<Bytes>,
         new: Option<Bytes>,
+    },
+    /// Sets `key` to `value` only if `condition` holds; otherwise changes nothing.
+    PutIf {
+        key: Bytes,
+        value: Bytes,
+        condition: PutCondition,
+    },
+    /// Adds `delta` to the decimal integer stored at `key` (absent: 0) and stores the sum
+    /// (Redis `INCRBY`). Refused, changing nothing, if the value is not an integer or the sum
+    /// overflows.
+    Incr {
+        key: Bytes,
+        delta: i64,
+    },
+    /// Sets every key to its value, all or none (one entry). Every key must belong to the
+    /// same group; the gateway checks it, as only it knows the placement.
+    MultiPut {
+        pairs: Vec<(Bytes, Bytes)>,
     },
 }
 
@@ -63,21 +106,48 @@ pub enum CommandError {
     TrailingBytes { extra_bytes: usize },
     #[error("empty key")]
     EmptyKey,
+    #[error("unknown put condition {0}")]
+    UnknownCondition(u8),
+    #[error("a multi-put needs at least one key")]
+    NoPairs,
+    #[error("a multi-put of {pair_count} keys exceeds the limit of {limit} keys")]
+    TooManyPairs { pair_count: usize, limit: usize },
 }
 
 impl Command {
+    /// The key that places the command (a multi-put's first key; every other key must be in
+    /// the same group). Empty only for an empty multi-put, which validation refuses.
     pub fn key(&self) -> &Bytes {
         match self {
-            Command::Put { key, .. } | Command::Delete { key } | Command::Cas { key, .. } => key,
+            Command::Put { key, .. }
+            | Command::Delete { key }
+            | Command::Cas { key, .. }
+            | Command::PutIf { key, .. }
+            | Command::Incr { key, .. } => key,
+            Command::MultiPut { pairs } => pairs.first().map_or(&NO_KEY, |(key, _)| key),
         }
+    }
+
+    /// Every key the command writes, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &Bytes> {
+        let (single, pairs) = match self {
+            Command::MultiPut { pairs } => (None, &pairs[..]),
+            _ => (Some(self.key()), &[][..]),
+        };
+        single.into_iter().chain(pairs.iter().map(|(key, _)| key))
     }
 
     /// Checks the limits a command must meet before it is proposed.
     pub fn validate(&self) -> Result<(), CommandError> {
+        if let Command::MultiPut { pairs } = self {
+            return validate_pairs(pairs);
+        }
         validate_key(self.key())?;
         let values: [Option<&Bytes>; 2] = match self {
-            Command::Put { value, .. } => [Some(value), None],
-            Command::Delete { .. } => [None, None],
+            Command::Put { value, .. } | Command::PutIf { value, .. } => [Some(value), None],
+            Command::Delete { .. } | Command::Incr { .. } | Command::MultiPut { .. } => {
+                [None, None]
+            }
             Command::Cas { expected, new, .. } => [expected.as_ref(), new.as_ref()],
         };
         for value in values.into_iter().flatten() {
@@ -88,14 +158,21 @@ impl Command {
 
     pub fn encoded_bytes(&self) -> usize {
         let field = |b: &Bytes| 4 + b.len();
-        1 + field(self.key())
-            + match self {
-                Command::Put { value, .. } => field(value),
-                Command::Delete { .. } => 0,
-                Command::Cas { expected, new, .. } => {
-                    1 + expected.as_ref().map_or(0, field) + new.as_ref().map_or(0, field)
-                }
+        match self {
+            Command::Put { key, value } => 1 + field(key) + field(value),
+            Command::Delete { key } => 1 + field(key),
+            Command::Cas { key, expected, new } => {
+                2 + field(key) + expected.as_ref().map_or(0, field) + new.as_ref().map_or(0, field)
             }
+            Command::PutIf { key, value, .. } => 2 + field(key) + field(value),
+            Command::Incr { key, .. } => 1 + field(key) + 8,
+            Command::MultiPut { pairs } => {
+                5 + pairs
+                    .iter()
+                    .map(|(key, value)| field(key) + field(value))
+                    .sum::<usize>()
+            }
+        }
     }
 
     /// Appends the encoded command to `out`.
@@ -124,6 +201,34 @@ impl Command {
                     | if new.is_some() { CAS_NEW } else { 0 };
                 out.put_u8(flags);
                 for value in [expected, new].into_iter().flatten() {
+                    put_field(out, value);
+                }
+            }
+            Command::PutIf {
+                key,
+                value,
+                condition,
+            } => {
+                out.put_u8(OP_PUT_IF);
+                put_field(out, key);
+                put_field(out, value);
+                out.put_u8(match condition {
+                    PutCondition::IfAbsent => CONDITION_IF_ABSENT,
+                    PutCondition::IfPresent => CONDITION_IF_PRESENT,
+                });
+            }
+            Command::Incr { key, delta } => {
+                out.put_u8(OP_INCR);
+                put_field(out, key);
+                out.put_i64_le(*delta);
+            }
+            Command::MultiPut { pairs } => {
+                out.put_u8(OP_MULTI_PUT);
+                let count = u32::try_from(pairs.len())
+                    .unwrap_or_else(|_| panic!("multi-put of {} pairs", pairs.len()));
+                out.put_u32_le(count);
+                for (key, value) in pairs {
+                    put_field(out, key);
                     put_field(out, value);
                 }
             }
@@ -169,6 +274,42 @@ impl Command {
                 };
                 Command::Cas { key, expected, new }
             }
+            OP_PUT_IF => {
+                let key = reader.field("key", KEY_BYTES_MAX)?;
+                let value = reader.field("value", VALUE_BYTES_MAX)?;
+                let condition = match reader.u8()? {
+                    CONDITION_IF_ABSENT => PutCondition::IfAbsent,
+                    CONDITION_IF_PRESENT => PutCondition::IfPresent,
+                    other => return Err(CommandError::UnknownCondition(other)),
+                };
+                Command::PutIf {
+                    key,
+                    value,
+                    condition,
+                }
+            }
+            OP_INCR => {
+                let key = reader.field("key", KEY_BYTES_MAX)?;
+                Command::Incr {
+                    key,
+                    delta: reader.i64()?,
+                }
+            }
+            OP_MULTI_PUT => {
+                let pair_count = reader.u32()? as usize;
+                if pair_count > MULTI_PUT_KEYS_MAX {
+                    return Err(CommandError::TooManyPairs {
+                        pair_count,
+                        limit: MULTI_PUT_KEYS_MAX,
+                    });
+                }
+                let mut pairs = Vec::with_capacity(pair_count);
+                for _ in 0..pair_count {
+                    let key = reader.field("key", KEY_BYTES_MAX)?;
+                    pairs.push((key, reader.field("value", VALUE_BYTES_MAX)?));
+                }
+                Command::MultiPut { pairs }
+            }
             other => return Err(CommandError::UnknownOp(other)),
         };
         if reader.offset != bytes.len() {
@@ -176,9 +317,34 @@ impl Command {
                 extra_bytes: bytes.len() - reader.offset,
             });
         }
-        validate_key(command.key())?;
+        command.validate()?;
         Ok(command)
     }
+}
+
+/// A multi-put: one to `MULTI_PUT_KEYS_MAX` pairs of valid keys and values, one command in
+/// size.
+fn validate_pairs(pairs: &[(Bytes, Bytes)]) -> Result<(), CommandError> {
+    if pairs.is_empty() {
+        return Err(CommandError::NoPairs);
+    }
+    if pairs.len() > MULTI_PUT_KEYS_MAX {
+        return Err(CommandError::TooManyPairs {
+            pair_count: pairs.len(),
+            limit: MULTI_PUT_KEYS_MAX,
+        });
+    }
+    let mut encoded_bytes = 5usize;
+    for (key, value) in pairs {
+        validate_key(key)?;
+        check_length("value", value.len(), VALUE_BYTES_MAX)?;
+        encoded_bytes += 8 + key.len() + value.len();
+    }
+    check_length(
+        "multi-put",
+        encoded_bytes,
+        crate::constants::COMMAND_BYTES_MAX as usize,
+    )
 }
 
 pub fn validate_key(key: &Bytes) -> Result<(), CommandError> {
@@ -230,11 +396,22 @@ impl Reader<'_> {
         Ok(self.bytes.get(range.start).copied().unwrap_or_default())
     }
 
-    fn field(&mut self, what: &'static str, limit_bytes: usize) -> Result<Bytes, CommandError> {
+    fn u32(&mut self) -> Result<u32, CommandError> {
         let range = self.take(4)?;
-        let mut length = [0u8; 4];
-        length.copy_from_slice(self.bytes.get(range).unwrap_or(&[0; 4]));
-        let length_bytes = u32::from_le_bytes(length) as usize;
+        let mut bytes = [0u8; 4];
+        bytes.copy_from_slice(self.bytes.get(range).unwrap_or(&[0; 4]));
+        Ok(u32::from_le_bytes(bytes))
+    }
+
+    fn i64(&mut self) -> Result<i64, CommandError> {
+        let range = self.take(8)?;
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(self.bytes.get(range).unwrap_or(&[0; 8]));
+        Ok(i64::from_le_bytes(bytes))
+    }
+
+    fn field(&mut self, what: &'static str, limit_bytes: usize) -> Result<Bytes, CommandError> {
+        let length_bytes = self.u32()? as usize;
         check_length(what, length_bytes, limit_bytes)?;
         let range = self.take(length_bytes)?;
         Ok(self.bytes.slice(range))
@@ -250,10 +427,8 @@ mod tests {
         Bytes::from_static(s.as_bytes())
     }
 
-    #[test]
-    fn every_command_round_trips() {
-        // Each op, including every combination of cas flags, decodes to itself.
-        let commands = [
+    fn sample_commands() -> Vec<Command> {
+        vec![
             Command::Put {
                 key: b("k"),
                 value: b("v"),
@@ -283,8 +458,34 @@ mod tests {
                 expected: Some(b("a")),
                 new: Some(b("b")),
             },
-        ];
-        for command in commands {
+            Command::PutIf {
+                key: b("k"),
+                value: b("v"),
+                condition: PutCondition::IfAbsent,
+            },
+            Command::PutIf {
+                key: b("k"),
+                value: Bytes::new(),
+                condition: PutCondition::IfPresent,
+            },
+            Command::Incr {
+                key: b("n"),
+                delta: i64::MIN,
+            },
+            Command::Incr {
+                key: b("n"),
+                delta: 1,
+            },
+            Command::MultiPut {
+                pairs: vec![(b("a"), b("1")), (b("b"), Bytes::new())],
+            },
+        ]
+    }
+
+    #[test]
+    fn every_command_round_trips() {
+        // Each op, including every combination of cas flags, decodes to itself.
+        for command in sample_commands() {
             let encoded = command.encode();
             assert_eq!(encoded.len(), command.encoded_bytes());
             assert_eq!(Command::decode(&encoded), Ok(command));
@@ -324,11 +525,94 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn multi_puts_are_bounded_and_never_empty() {
+        // An empty multi-put, one over the key limit, one with an empty key and a bad
+        // condition byte are all refused; keys() lists every key in order.
+        assert_eq!(
+            Command::MultiPut { pairs: Vec::new() }.validate(),
+            Err(CommandError::NoPairs)
+        );
+        let too_many = Command::MultiPut {
+            pairs: (0..=MULTI_PUT_KEYS_MAX)
+                .map(|i| (Bytes::from(i.to_string()), Bytes::new()))
+                .collect(),
+        };
+        assert!(matches!(
+            too_many.validate(),
+            Err(CommandError::TooManyPairs { pair_count, .. }) if pair_count == MULTI_PUT_KEYS_MAX + 1
+        ));
+        assert!(matches!(
+            Command::decode(&too_many.encode()),
+            Err(CommandError::TooManyPairs { .. })
+        ));
+        let empty_key = Command::MultiPut {
+            pairs: vec![(b("a"), b("1")), (Bytes::new(), b("2"))],
+        };
+        assert_eq!(empty_key.validate(), Err(CommandError::EmptyKey));
+        assert_eq!(
+            Command::decode(&empty_key.encode()),
+            Err(CommandError::EmptyKey)
+        );
+        let two = Command::MultiPut {
+            pairs: vec![(b("a"), b("1")), (b("b"), b("2"))],
+        };
+        assert_eq!(two.keys().collect::<Vec<_>>(), [&b("a"), &b("b")]);
+        assert_eq!(two.key(), &b("a"));
+        let mut bad_condition = BytesMut::from(
+            &Command::PutIf {
+                key: b("k"),
+                value: b("v"),
+                condition: PutCondition::IfAbsent,
+            }
+            .encode()[..],
+        );
+        let last = bad_condition.len() - 1;
+        bad_condition[last] = 7;
+        assert_eq!(
+            Command::decode(&bad_condition.freeze()),
+            Err(CommandError::UnknownCondition(7))
+        );
+    }
+
+    #[test]
+    fn a_multi_put_larger_than_one_command_is_refused() {
+        // Pairs within the key count limit but over the command byte limit are refused.
+        let value = Bytes::from(vec![b'x'; VALUE_BYTES_MAX]);
+        let pairs = (0..3)
+            .map(|i| (Bytes::from(format!("k{i}")), value.clone()))
+            .collect();
+        assert!(matches!(
+            Command::MultiPut { pairs }.validate(),
+            Err(CommandError::TooLong {
+                what: "multi-put",
+                ..
+            })
+        ));
+    }
+
     proptest! {
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             // Any entry payload decodes or errs.
             let _ = Command::decode(&Bytes::from(bytes));
+        }
+
+        #[test]
+        fn corrupted_commands_never_panic(
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
+        ) {
+            // Every op's encoding with a few bytes overwritten decodes or errs.
+            for command in sample_commands() {
+                let mut encoded = command.encode().to_vec();
+                for &(position, value) in &flips {
+                    let at = position % encoded.len();
+                    encoded[at] = value;
+                }
+                if let Ok(decoded) = Command::decode(&Bytes::from(encoded)) {
+                    prop_assert!(decoded.validate().is_ok(), "{decoded:?}");
+                }
+            }
         }
     }
 }

@@ -24,7 +24,7 @@ use std::ops::Bound;
 
 use bytes::Bytes;
 
-use super::command::{Command, CommandError};
+use super::command::{Command, CommandError, PutCondition};
 use crate::ids::{EntryId, LogIndex, Term};
 use crate::raft::types::{Membership, SnapshotMeta};
 
@@ -40,6 +40,16 @@ pub enum Outcome {
         succeeded: bool,
         current: Option<Bytes>,
     },
+    /// A conditional put: whether its condition held and the value was written.
+    PutIf {
+        written: bool,
+    },
+    /// An increment took effect; the key now holds `value`.
+    Counter {
+        value: i64,
+    },
+    /// An increment was refused; the state is unchanged.
+    CounterRefused(CounterError),
     /// The entry's payload is not a valid command; the state is unchanged.
     Rejected(CommandError),
 }
@@ -79,6 +89,24 @@ impl Frozen {
     fn passed(&self, key: &[u8]) -> bool {
         self.cursor.as_deref().is_some_and(|cursor| key <= cursor)
     }
+}
+
+/// Why an increment changed nothing. The texts are Redis's own, so RESP clients see the
+/// errors they expect.
+#[derive(Clone, Copy, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CounterError {
+    #[error("value is not an integer or out of range")]
+    NotAnInteger,
+    #[error("increment or decrement would overflow")]
+    Overflow,
+}
+
+/// The integer a stored value spells, as Redis reads one: optional `-`, decimal digits, no
+/// sign `+`, no spaces, no leading zeros, within `i64`.
+pub fn parse_counter(value: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(value).ok()?;
+    let number = text.parse::<i64>().ok()?;
+    (number.to_string() == text).then_some(number)
 }
 
 #[derive(Debug, Default)]
@@ -338,6 +366,28 @@ impl KvMachine {
                     current: new,
                 }
             }
+            Command::PutIf {
+                key,
+                value,
+                condition,
+            } => {
+                let exists = self.entries.contains_key(&key);
+                let holds = match condition {
+                    PutCondition::IfAbsent => !exists,
+                    PutCondition::IfPresent => exists,
+                };
+                if holds {
+                    self.set(key, Some(value));
+                }
+                Outcome::PutIf { written: holds }
+            }
+            Command::Incr { key, delta } => self.increment(key, delta),
+            Command::MultiPut { pairs } => {
+                for (key, value) in pairs {
+                    self.set(key, Some(value));
+                }
+                Outcome::Written
+            }
         }
     }
 
@@ -352,6 +402,23 @@ impl KvMachine {
         }
         let old = self.entries.get(key).cloned();
         frozen.saved.insert(key.clone(), old);
+    }
+
+    /// Adds `delta` to the counter at `key`; refuses, changing nothing, a value that is not
+    /// an integer and a sum out of `i64`.
+    fn increment(&mut self, key: Bytes, delta: i64) -> Outcome {
+        let current = match self.entries.get(&key) {
+            None => 0,
+            Some(value) => match parse_counter(value) {
+                Some(number) => number,
+                None => return Outcome::CounterRefused(CounterError::NotAnInteger),
+            },
+        };
+        let Some(value) = current.checked_add(delta) else {
+            return Outcome::CounterRefused(CounterError::Overflow);
+        };
+        self.set(key, Some(Bytes::from(value.to_string())));
+        Outcome::Counter { value }
     }
 
     /// Sets or removes `key`; returns whether it existed.
@@ -478,6 +545,103 @@ mod tests {
             }
         );
         assert_eq!(machine.key_count(), 0);
+    }
+
+    #[test]
+    fn conditional_puts_write_only_when_their_condition_holds() {
+        // NX writes an absent key and not a present one; XX the reverse (Redis SET NX / XX).
+        let mut machine = KvMachine::new();
+        let put_if = |value: &'static str, condition| Command::PutIf {
+            key: b("k"),
+            value: b(value),
+            condition,
+        };
+        let present = PutCondition::IfPresent;
+        let absent = PutCondition::IfAbsent;
+        assert_eq!(
+            apply(&mut machine, put_if("x", present)),
+            Outcome::PutIf { written: false }
+        );
+        assert_eq!(machine.get(b"k"), None);
+        assert_eq!(
+            apply(&mut machine, put_if("a", absent)),
+            Outcome::PutIf { written: true }
+        );
+        assert_eq!(
+            apply(&mut machine, put_if("b", absent)),
+            Outcome::PutIf { written: false }
+        );
+        assert_eq!(machine.get(b"k"), Some(&b("a")));
+        assert_eq!(
+            apply(&mut machine, put_if("cc", present)),
+            Outcome::PutIf { written: true }
+        );
+        assert_eq!(
+            (machine.get(b"k"), machine.data_bytes()),
+            (Some(&b("cc")), 3)
+        );
+    }
+
+    #[test]
+    fn increments_count_from_zero_and_refuse_non_integers_and_overflow() {
+        // INCR of an absent key gives 1; a non-integer or an overflowing sum changes nothing.
+        let mut machine = KvMachine::new();
+        let incr = |key: &'static str, delta| Command::Incr { key: b(key), delta };
+        assert_eq!(
+            apply(&mut machine, incr("n", 1)),
+            Outcome::Counter { value: 1 }
+        );
+        assert_eq!(
+            apply(&mut machine, incr("n", -5)),
+            Outcome::Counter { value: -4 }
+        );
+        assert_eq!(machine.get(b"n"), Some(&b("-4")));
+        for bad in ["abc", "", " 1", "+1", "01", "9223372036854775808"] {
+            apply(
+                &mut machine,
+                Command::Put {
+                    key: b("s"),
+                    value: b(bad),
+                },
+            );
+            assert_eq!(
+                apply(&mut machine, incr("s", 1)),
+                Outcome::CounterRefused(CounterError::NotAnInteger),
+                "value {bad:?}"
+            );
+            assert_eq!(machine.get(b"s"), Some(&b(bad)));
+        }
+        apply(
+            &mut machine,
+            Command::Put {
+                key: b("m"),
+                value: b("9223372036854775807"),
+            },
+        );
+        assert_eq!(
+            apply(&mut machine, incr("m", 1)),
+            Outcome::CounterRefused(CounterError::Overflow)
+        );
+        assert_eq!(machine.get(b"m"), Some(&b("9223372036854775807")));
+        assert_eq!(
+            apply(&mut machine, incr("m", i64::MIN)),
+            Outcome::Counter { value: -1 }
+        );
+    }
+
+    #[test]
+    fn a_multi_put_writes_every_pair() {
+        // Every pair of one multi-put is visible after it, later pairs winning on a repeat.
+        let mut machine = KvMachine::new();
+        let command = Command::MultiPut {
+            pairs: vec![(b("a"), b("1")), (b("b"), b("2")), (b("a"), b("3"))],
+        };
+        assert_eq!(apply(&mut machine, command), Outcome::Written);
+        assert_eq!(
+            (machine.get(b"a"), machine.get(b"b"), machine.key_count()),
+            (Some(&b("3")), Some(&b("2")), 2)
+        );
+        assert_eq!(machine.data_bytes(), 4);
     }
 
     #[test]

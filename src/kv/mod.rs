@@ -7,5 +7,5 @@ pub mod machine;
 pub mod snapshot;
 pub mod store;
 
-pub use command::{Command, CommandError};
-pub use machine::{FrozenState, KvMachine, Outcome, WalkStatus};
+pub use command::{Command, CommandError, PutCondition};
+pub use machine::{CounterError, FrozenState, KvMachine, Outcome, WalkStatus};

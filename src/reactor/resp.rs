@@ -1,17 +1,20 @@
-//! The RESP front (`--resp`): redis-cli and Redis client libraries talk to the node. Every
-//! core listens on the RESP port (SO_REUSEPORT, deliberately). A command becomes a native
-//! request (encoded once, then decoded and validated like any client's) and is routed exactly
-//! as a native request. Redis runs a connection's commands in order, so a command is routed
-//! only once the one before it has been answered (pipelined commands are read ahead, executed
-//! one after another). Supported: PING, GET, SET key value, DEL key, QUIT.
+//! The RESP front (`--resp`): redis-cli, redis-benchmark and Redis client libraries talk to
+//! the node. Every core listens on the RESP port (SO_REUSEPORT, deliberately). What a command
+//! means is decided in server/resp_commands.rs; here each command's native requests are
+//! encoded once, decoded and validated like any client's, and routed exactly as native
+//! requests (a command over several keys, such as MGET, sends one request per key wherever
+//! each key lives). Redis runs a connection's commands in order, so a command is routed only
+//! once the one before it has been answered (pipelined commands are read ahead, executed one
+//! after another).
 //!
-//! It must not execute commands itself: parsing and rendering only (server/resp.rs holds the
-//! codec).
+//! It must not execute commands itself: parsing, routing and rendering only (server/resp.rs
+//! holds the codec).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use flatbuffers::FlatBufferBuilder;
@@ -19,11 +22,12 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 
 use crate::constants::CLIENT_INFLIGHT_REQUESTS_MAX;
-use crate::kv::Command;
 use crate::reactor::client::route;
 use crate::reactor::context::CoreContext;
 use crate::reactor::shard_api::Origin;
-use crate::server::resp::{Parsed, RespCommand, RespWriter, parse_command};
+use crate::server::resp::{Parsed, RespWriter, parse_command};
+use crate::server::resp_commands::{InfoFacts, Plan, Session, Shape, combine, info_text, plan};
+use crate::wire::WireError;
 use crate::wire::client::{
     ClientOp, ClientRequest, Reply, ReplyKind, RequestId, decode_request, decode_response,
     encode_request, response_id,
@@ -33,20 +37,44 @@ use crate::wire::frame::FRAME_HEADER_BYTES;
 /// Bytes read from a RESP socket at once.
 const READ_CHUNK_BYTES: usize = 16 * 1024;
 
+/// One request of a command, and its reply once it came.
+struct Part {
+    id: RequestId,
+    kind: ReplyKind,
+    reply: Option<Result<Reply, WireError>>,
+}
+
 /// One command's place in the reply order.
 enum Slot {
-    /// Waiting for the native response to this request.
-    Pending(RequestId, ReplyKind),
+    /// Waiting for the native responses to the command's requests.
+    Pending { parts: Vec<Part>, shape: Shape },
     /// The RESP reply, ready to be written in its turn.
     Done(Vec<u8>),
 }
 
+/// What every connection of this listener shares: when it started and where it listens.
+#[derive(Clone, Copy)]
+struct Listening {
+    started: Instant,
+    port: u16,
+}
+
 /// Accepts RESP connections on this core.
 pub async fn run_resp_listener(context: Rc<CoreContext>, listener: TcpListener) {
+    let listening = Listening {
+        started: Instant::now(),
+        port: listener.local_addr().map_or(0, |address| address.port()),
+    };
+    let serve = move |context, stream, peer| serve(context, stream, peer, listening);
     crate::reactor::client::accept_loop(context, listener, "RESP", serve).await;
 }
 
-async fn serve(context: Rc<CoreContext>, stream: TcpStream, peer: Option<SocketAddr>) {
+async fn serve(
+    context: Rc<CoreContext>,
+    stream: TcpStream,
+    peer: Option<SocketAddr>,
+    listening: Listening,
+) {
     let (connection, frames, in_flight) = context.register_connection();
     let (mut reader, mut writer) = futures_lite::io::split(stream);
     let order: Rc<RefCell<VecDeque<Slot>>> = Rc::new(RefCell::new(VecDeque::new()));
@@ -72,6 +100,7 @@ async fn serve(context: Rc<CoreContext>, stream: TcpStream, peer: Option<SocketA
         connection,
     };
     let mut builder = FlatBufferBuilder::new();
+    let mut session = Session::default();
     let mut buffer = BytesMut::new();
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     let mut next_id: u64 = 0;
@@ -82,15 +111,24 @@ async fn serve(context: Rc<CoreContext>, stream: TcpStream, peer: Option<SocketA
             Err(error) => break Some(error.to_string()),
         };
         buffer.extend_from_slice(&chunk[..count]);
+        // Commands are parsed from one frozen view of what has arrived: arguments share its
+        // memory and each command costs no copy; an incomplete tail goes back to `buffer`.
+        let mut view: Bytes = buffer.split().freeze();
         loop {
-            let view: Bytes = buffer.clone().freeze();
             let (command, consumed_bytes) = match parse_command(&view) {
                 Ok(Parsed::Command {
                     command,
                     consumed_bytes,
                 }) => (Some(command), consumed_bytes),
                 Ok(Parsed::Empty { consumed_bytes }) => (None, consumed_bytes),
-                Ok(Parsed::Incomplete) => break,
+                Ok(Parsed::Incomplete) => {
+                    // Unshared (every earlier command is done with it), the tail is taken
+                    // back without a copy.
+                    buffer = view
+                        .try_into_mut()
+                        .unwrap_or_else(|view| BytesMut::from(&view[..]));
+                    break;
+                }
                 Err(error) => {
                     let mut out = Vec::new();
                     RespWriter { out: &mut out }.error(&error.to_string());
@@ -99,31 +137,38 @@ async fn serve(context: Rc<CoreContext>, stream: TcpStream, peer: Option<SocketA
                     break 'connection Some(error.to_string());
                 }
             };
-            let _ = buffer.split_to(consumed_bytes);
+            view = view.slice(consumed_bytes.min(view.len())..);
             let Some(command) = command else { continue };
             // In order: the previous command must be answered before this one runs.
             while order
                 .borrow()
                 .iter()
-                .any(|slot| matches!(slot, Slot::Pending(..)))
+                .any(|slot| matches!(slot, Slot::Pending { .. }))
             {
                 if answered_ring.recv().await.is_none() {
                     break 'connection None;
                 }
             }
-            next_id += 1;
-            let step = handle(
-                &context,
-                &mut builder,
-                origin,
-                command,
-                RequestId(next_id),
-                &in_flight,
-            );
+            let step = match plan(&command.arguments, &mut session, context.groups_total) {
+                Plan::Reply(out) => Step::Reply(out),
+                Plan::Quit(out) => Step::Quit(out),
+                Plan::Info(section) => Step::Reply(info(&context, listening, section.as_deref())),
+                Plan::Requests { ops, shape } => send(
+                    &context,
+                    &mut builder,
+                    Sender {
+                        origin,
+                        in_flight: &in_flight,
+                        next_id: &mut next_id,
+                    },
+                    ops,
+                    shape,
+                ),
+            };
             let quit = matches!(step, Step::Quit(_));
             let slot = match step {
                 Step::Reply(out) | Step::Quit(out) => Slot::Done(out),
-                Step::Routed(id, kind) => Slot::Pending(id, kind),
+                Step::Routed(slot) => slot,
             };
             order.borrow_mut().push_back(slot);
             context.deliver(connection, Vec::new(), false);
@@ -140,7 +185,7 @@ async fn serve(context: Rc<CoreContext>, stream: TcpStream, peer: Option<SocketA
     while order
         .borrow()
         .iter()
-        .any(|slot| matches!(slot, Slot::Pending(..)))
+        .any(|slot| matches!(slot, Slot::Pending { .. }))
     {
         if answered_ring.recv().await.is_none() {
             break;
@@ -155,93 +200,96 @@ async fn serve(context: Rc<CoreContext>, stream: TcpStream, peer: Option<SocketA
 enum Step {
     Reply(Vec<u8>),
     Quit(Vec<u8>),
-    Routed(RequestId, ReplyKind),
+    Routed(Slot),
 }
 
-fn handle(
+/// What routing needs of the connection.
+struct Sender<'a> {
+    origin: Origin,
+    in_flight: &'a std::cell::Cell<usize>,
+    next_id: &'a mut u64,
+}
+
+fn error_reply(text: &str) -> Step {
+    let mut out = Vec::new();
+    RespWriter { out: &mut out }.error(text);
+    Step::Reply(out)
+}
+
+/// Routes a command's requests, all or none: every one is encoded and validated first, so a
+/// bad key among several fails the command before any of it runs.
+fn send(
     context: &CoreContext,
     builder: &mut FlatBufferBuilder<'static>,
-    origin: Origin,
-    command: RespCommand,
-    id: RequestId,
-    in_flight: &std::cell::Cell<usize>,
+    sender: Sender<'_>,
+    ops: Vec<ClientOp>,
+    shape: Shape,
 ) -> Step {
-    let mut out = Vec::new();
-    let arguments = &command.arguments;
-    let name = arguments
-        .first()
-        .map(|name| String::from_utf8_lossy(name).to_ascii_uppercase())
-        .unwrap_or_default();
-    let op = match (name.as_str(), arguments.len()) {
-        ("PING", 1) => {
-            RespWriter { out: &mut out }.simple("PONG");
-            return Step::Reply(out);
-        }
-        ("PING", 2) => {
-            RespWriter { out: &mut out }.bulk(&arguments[1]);
-            return Step::Reply(out);
-        }
-        ("QUIT", _) => {
-            RespWriter { out: &mut out }.simple("OK");
-            return Step::Quit(out);
-        }
-        ("GET", 2) => ClientOp::Get {
-            key: arguments[1].clone(),
-        },
-        ("SET", 3) => ClientOp::Write(Command::Put {
-            key: arguments[1].clone(),
-            value: arguments[2].clone(),
-        }),
-        ("DEL", 2) => ClientOp::Write(Command::Delete {
-            key: arguments[1].clone(),
-        }),
-        ("GET" | "SET" | "DEL", _) => {
-            RespWriter { out: &mut out }.error(&format!(
-                "ERR wrong number of arguments for '{}' command (ringraft supports GET key, SET key value, DEL key)",
-                name.to_ascii_lowercase()
-            ));
-            return Step::Reply(out);
-        }
-        _ => {
-            RespWriter { out: &mut out }.error(&format!(
-                "ERR unknown command '{name}' (ringraft supports PING, GET, SET, DEL, QUIT)"
-            ));
-            return Step::Reply(out);
-        }
-    };
-    if in_flight.get() >= CLIENT_INFLIGHT_REQUESTS_MAX {
-        RespWriter { out: &mut out }.error("ERR too many commands in flight on this connection");
-        return Step::Reply(out);
+    if sender.in_flight.get() + ops.len() > CLIENT_INFLIGHT_REQUESTS_MAX {
+        return error_reply("ERR too many commands in flight on this connection");
     }
-    let kind = op.reply_kind();
-    // Encoded once, then decoded like any native request: the same validation of keys and
-    // values, and bytes another core can take without encoding again.
-    let payload = encode_request(builder, &ClientRequest { id, op }).to_vec();
-    let request = match decode_request(&payload) {
-        Ok(request) => request,
-        Err((_, error)) => {
-            RespWriter { out: &mut out }.error(&format!("ERR {error}"));
-            return Step::Reply(out);
+    let mut requests = Vec::with_capacity(ops.len());
+    for op in ops {
+        *sender.next_id += 1;
+        let id = RequestId(*sender.next_id);
+        // Encoded once, then decoded like any native request: the same validation of keys
+        // and values, and bytes another core can take without encoding again.
+        let payload = encode_request(builder, &ClientRequest { id, op }).to_vec();
+        match decode_request(&payload) {
+            Ok(request) => requests.push((request, payload)),
+            Err((_, error)) => {
+                let text = match error {
+                    WireError::Command(error) => format!("ERR {error}"),
+                    other => format!("ERR {other}"),
+                };
+                return error_reply(&text);
+            }
         }
+    }
+    let mut parts = Vec::with_capacity(requests.len());
+    for (request, payload) in requests {
+        parts.push(Part {
+            id: request.id,
+            kind: request.op.reply_kind(),
+            reply: None,
+        });
+        route(
+            context,
+            builder,
+            sender.origin,
+            request,
+            payload,
+            sender.in_flight,
+        );
+    }
+    Step::Routed(Slot::Pending { parts, shape })
+}
+
+/// The INFO reply, from the node's status board.
+fn info(context: &CoreContext, listening: Listening, section: Option<&str>) -> Vec<u8> {
+    let (groups, _) = context.board.snapshot();
+    let facts = InfoFacts {
+        node: context.node,
+        cores: context.cores,
+        groups_total: context.groups_total,
+        uptime_seconds: listening.started.elapsed().as_secs(),
+        tcp_port: listening.port,
+        process_id: std::process::id(),
+        groups,
     };
-    route(context, builder, origin, request, payload, in_flight);
-    Step::Routed(id, kind)
+    let mut out = Vec::new();
+    RespWriter { out: &mut out }.bulk(info_text(&facts, section).as_bytes());
+    out
 }
 
 /// Records the native response in `frame` (if any) and returns the RESP bytes now writable
 /// in order.
 fn complete(order: &RefCell<VecDeque<Slot>>, frame: &[u8]) -> Vec<u8> {
     let mut order = order.borrow_mut();
-    if let Some(payload) = frame.get(FRAME_HEADER_BYTES..).filter(|p| !p.is_empty()) {
-        let id = response_id(payload);
-        let slot = order
-            .iter_mut()
-            .find(|slot| matches!(slot, Slot::Pending(pending, _) if Some(*pending) == id));
-        if let Some(slot) = slot
-            && let Slot::Pending(_, kind) = *slot
-        {
-            *slot = Slot::Done(render(decode_response(payload, kind).map(|r| r.reply)));
-        }
+    if let Some(payload) = frame.get(FRAME_HEADER_BYTES..).filter(|p| !p.is_empty())
+        && let Some(id) = response_id(payload)
+    {
+        record(&mut order, id, payload);
     }
     let mut ready = Vec::new();
     while let Some(Slot::Done(_)) = order.front() {
@@ -252,18 +300,76 @@ fn complete(order: &RefCell<VecDeque<Slot>>, frame: &[u8]) -> Vec<u8> {
     ready
 }
 
-fn render(reply: Result<Reply, crate::wire::WireError>) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut writer = RespWriter { out: &mut out };
-    match reply {
-        Ok(Reply::Value(Some(value))) => writer.bulk(&value),
-        Ok(Reply::Value(None)) => writer.null(),
-        Ok(Reply::Written) => writer.simple("OK"),
-        Ok(Reply::Deleted { existed }) => writer.integer(i64::from(existed)),
-        Ok(Reply::Cas { succeeded, .. }) => writer.integer(i64::from(succeeded)),
-        Ok(Reply::Status { .. }) => writer.simple("OK"),
-        Ok(Reply::Error { code, message }) => writer.error(&format!("ERR {code:?}: {message}")),
-        Err(error) => writer.error(&format!("ERR internal: {error}")),
+/// Files the response to request `id` with its command; a command whose every request has
+/// been answered becomes its RESP reply.
+fn record(order: &mut VecDeque<Slot>, id: RequestId, payload: &[u8]) {
+    for slot in order.iter_mut() {
+        let Slot::Pending { parts, shape } = slot else {
+            continue;
+        };
+        let Some(part) = parts.iter_mut().find(|part| part.id == id) else {
+            continue;
+        };
+        part.reply = Some(decode_response(payload, part.kind).map(|r| r.reply));
+        if parts.iter().all(|part| part.reply.is_some()) {
+            let replies: Vec<Result<Reply, WireError>> = parts
+                .iter_mut()
+                .filter_map(|part| part.reply.take())
+                .collect();
+            *slot = Slot::Done(combine(*shape, &replies));
+        }
+        return;
     }
-    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::client::ClientResponse;
+
+    fn pending(ids: &[u64], kind: ReplyKind, shape: Shape) -> Slot {
+        let parts = ids
+            .iter()
+            .map(|&id| Part {
+                id: RequestId(id),
+                kind,
+                reply: None,
+            })
+            .collect();
+        Slot::Pending { parts, shape }
+    }
+
+    fn frame(id: u64, reply: Reply) -> Vec<u8> {
+        let mut builder = FlatBufferBuilder::new();
+        crate::reactor::driver::response_frame(
+            &mut builder,
+            &ClientResponse {
+                id: RequestId(id),
+                reply,
+            },
+        )
+    }
+
+    #[test]
+    fn replies_leave_in_command_order_whatever_order_responses_arrive_in() {
+        // An MGET of two keys, a ready reply and an INCR: responses arriving 3, 2, 1 are
+        // held until the MGET is whole, then all three replies are written in order.
+        let order = RefCell::new(VecDeque::from([
+            pending(&[1, 2], ReplyKind::Get, Shape::Values),
+            Slot::Done(b"+PONG\r\n".to_vec()),
+            pending(&[3], ReplyKind::Incr, Shape::Single),
+        ]));
+        assert!(complete(&order, &frame(3, Reply::Counter(7))).is_empty());
+        assert!(complete(&order, &frame(2, Reply::Value(None))).is_empty());
+        let b = Bytes::from_static(b"v");
+        let written = complete(&order, &frame(1, Reply::Value(Some(b))));
+        assert_eq!(
+            String::from_utf8_lossy(&written),
+            "*2\r\n$1\r\nv\r\n$-1\r\n+PONG\r\n:7\r\n"
+        );
+        assert!(order.borrow().is_empty());
+        // An empty frame ("look again") and a response nobody waits for change nothing.
+        assert!(complete(&order, &[]).is_empty());
+        assert!(complete(&order, &frame(99, Reply::Written)).is_empty());
+    }
 }

@@ -1,7 +1,8 @@
-//! The server's outward faces: its configuration as the operator gives it, and (with the
-//! cluster issue) the client protocols. Must not reach into Raft internals.
+//! The server's outward faces: its configuration as the operator gives it, and the RESP
+//! front's codec and command meanings. Must not reach into Raft internals.
 
 pub mod config;
 pub mod resp;
+pub mod resp_commands;
 
 pub use config::{ConfigError, PeerMap, ServerConfig, TimingConfig};

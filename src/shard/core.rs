@@ -41,6 +41,10 @@ pub const PARKED_REQUESTS_MAX: usize = 65_536;
 /// Requests one core has in flight (writes proposed, reads confirming, writes forwarded).
 pub const WAITERS_MAX: usize = 1 << 20;
 
+/// The answer to a multi-key write whose keys belong to more than one group (one Raft entry
+/// can only go to one group).
+pub const CROSS_GROUP_MESSAGE: &str = "keys in request don't hash to the same group";
+
 /// The group a key belongs to; the same on every node.
 pub fn group_of_key(key: &[u8], groups_total: u32) -> GroupId {
     assert!(groups_total > 0, "group_of_key: no groups");
@@ -736,6 +740,14 @@ impl Shard {
             ClientOp::Write(command) => command.key().clone(),
         };
         let group = group_of_key(&key, self.config.groups_total);
+        if let ClientOp::Write(command) = &request.request.op
+            && command
+                .keys()
+                .any(|other| group_of_key(other, self.config.groups_total) != group)
+        {
+            let message = CROSS_GROUP_MESSAGE.to_string();
+            return self.reply_error(request.reply_to, ErrorCode::BadRequest, message);
+        }
         if core_of_group(group, self.config.cores) != self.config.core {
             let message = format!("key of group {group} reached core {}", self.config.core);
             return self.reply_error(request.reply_to, ErrorCode::Internal, message);
@@ -1097,6 +1109,12 @@ fn outcome_reply(outcome: Outcome) -> Reply {
         Outcome::Written => Reply::Written,
         Outcome::Deleted { existed } => Reply::Deleted { existed },
         Outcome::Cas { succeeded, current } => Reply::Cas { succeeded, current },
+        Outcome::PutIf { written } => Reply::PutIf { written },
+        Outcome::Counter { value } => Reply::Counter(value),
+        Outcome::CounterRefused(error) => Reply::Error {
+            code: ErrorCode::BadRequest,
+            message: error.to_string(),
+        },
         Outcome::Rejected(error) => Reply::Error {
             code: ErrorCode::BadRequest,
             message: error.to_string(),

@@ -8,8 +8,8 @@ use flatbuffers::FlatBufferBuilder;
 use super::generated::client_generated::ringraft::wire::client as fb;
 use super::raft::WireError;
 use crate::ids::{GroupId, LogIndex, NodeId, Term};
-use crate::kv::Command;
 use crate::kv::command::validate_key;
+use crate::kv::{Command, PutCondition};
 use crate::raft::RoleKind;
 
 /// A client-chosen request id, echoed in the response.
@@ -70,6 +70,12 @@ pub enum Reply {
         succeeded: bool,
         current: Option<Bytes>,
     },
+    /// A conditional put: whether its condition held and the value was written.
+    PutIf {
+        written: bool,
+    },
+    /// An increment: the key's value after it.
+    Counter(i64),
     Status {
         groups: Vec<GroupStatus>,
         nodes: Vec<NodeStatus>,
@@ -94,13 +100,17 @@ pub enum ReplyKind {
     Delete,
     Cas,
     Status,
+    PutIf,
+    Incr,
 }
 
 impl ClientOp {
     pub fn reply_kind(&self) -> ReplyKind {
         match self {
             ClientOp::Get { .. } => ReplyKind::Get,
-            ClientOp::Write(Command::Put { .. }) => ReplyKind::Put,
+            ClientOp::Write(Command::Put { .. } | Command::MultiPut { .. }) => ReplyKind::Put,
+            ClientOp::Write(Command::PutIf { .. }) => ReplyKind::PutIf,
+            ClientOp::Write(Command::Incr { .. }) => ReplyKind::Incr,
             ClientOp::Write(Command::Delete { .. }) => ReplyKind::Delete,
             ClientOp::Write(Command::Cas { .. }) => ReplyKind::Cas,
             ClientOp::Status => ReplyKind::Status,
@@ -122,15 +132,46 @@ pub fn encode_request<'b>(
             )
         }
         ClientOp::Write(Command::Put { key, value }) => {
+            encode_put(builder, key, value, fb::PutCondition::Always)
+        }
+        ClientOp::Write(Command::PutIf {
+            key,
+            value,
+            condition,
+        }) => {
+            let condition = match condition {
+                PutCondition::IfAbsent => fb::PutCondition::IfAbsent,
+                PutCondition::IfPresent => fb::PutCondition::IfPresent,
+            };
+            encode_put(builder, key, value, condition)
+        }
+        ClientOp::Write(Command::Incr { key, delta }) => {
             let key = builder.create_vector(&key[..]);
-            let value = builder.create_vector(&value[..]);
-            let args = fb::PutArgs {
+            let args = fb::IncrArgs {
                 key: Some(key),
-                value: Some(value),
+                delta: *delta,
             };
             (
-                fb::Op::Put,
-                fb::Put::create(builder, &args).as_union_value(),
+                fb::Op::Incr,
+                fb::Incr::create(builder, &args).as_union_value(),
+            )
+        }
+        ClientOp::Write(Command::MultiPut { pairs }) => {
+            let pairs: Vec<_> = pairs
+                .iter()
+                .map(|(key, value)| {
+                    let args = fb::KeyValueArgs {
+                        key: Some(builder.create_vector(&key[..])),
+                        value: Some(builder.create_vector(&value[..])),
+                    };
+                    fb::KeyValue::create(builder, &args)
+                })
+                .collect();
+            let pairs = builder.create_vector(&pairs);
+            let args = fb::MultiPutArgs { pairs: Some(pairs) };
+            (
+                fb::Op::MultiPut,
+                fb::MultiPut::create(builder, &args).as_union_value(),
             )
         }
         ClientOp::Write(Command::Delete { key }) => {
@@ -171,6 +212,25 @@ pub fn encode_request<'b>(
     builder.finished_data()
 }
 
+fn encode_put(
+    builder: &mut FlatBufferBuilder<'static>,
+    key: &Bytes,
+    value: &Bytes,
+    condition: fb::PutCondition,
+) -> (fb::Op, flatbuffers::WIPOffset<flatbuffers::UnionWIPOffset>) {
+    let key = builder.create_vector(&key[..]);
+    let value = builder.create_vector(&value[..]);
+    let args = fb::PutArgs {
+        key: Some(key),
+        value: Some(value),
+        condition,
+    };
+    (
+        fb::Op::Put,
+        fb::Put::create(builder, &args).as_union_value(),
+    )
+}
+
 fn bytes_of(vector: flatbuffers::Vector<'_, u8>) -> Bytes {
     Bytes::copy_from_slice(vector.bytes())
 }
@@ -196,10 +256,46 @@ pub fn decode_request(bytes: &[u8]) -> Result<ClientRequest, (Option<RequestId>,
         }
         fb::Op::Put => {
             let put = request.op_as_put().ok_or_else(unknown)?;
-            ClientOp::Write(Command::Put {
-                key: bytes_of(put.key()),
-                value: bytes_of(put.value()),
+            let (key, value) = (bytes_of(put.key()), bytes_of(put.value()));
+            let condition = match put.condition() {
+                fb::PutCondition::Always => None,
+                fb::PutCondition::IfAbsent => Some(PutCondition::IfAbsent),
+                fb::PutCondition::IfPresent => Some(PutCondition::IfPresent),
+                other => {
+                    let message = format!("unknown put condition {}", other.0);
+                    return Err(fail(WireError::Invalid(message)));
+                }
+            };
+            ClientOp::Write(match condition {
+                None => Command::Put { key, value },
+                Some(condition) => Command::PutIf {
+                    key,
+                    value,
+                    condition,
+                },
             })
+        }
+        fb::Op::Incr => {
+            let incr = request.op_as_incr().ok_or_else(unknown)?;
+            ClientOp::Write(Command::Incr {
+                key: bytes_of(incr.key()),
+                delta: incr.delta(),
+            })
+        }
+        fb::Op::MultiPut => {
+            let pairs = request.op_as_multi_put().ok_or_else(unknown)?.pairs();
+            if pairs.len() > crate::constants::MULTI_PUT_KEYS_MAX {
+                let error = crate::kv::CommandError::TooManyPairs {
+                    pair_count: pairs.len(),
+                    limit: crate::constants::MULTI_PUT_KEYS_MAX,
+                };
+                return Err(fail(WireError::Command(error)));
+            }
+            let pairs = pairs
+                .iter()
+                .map(|pair| (bytes_of(pair.key()), bytes_of(pair.value())))
+                .collect();
+            ClientOp::Write(Command::MultiPut { pairs })
         }
         fb::Op::Delete => ClientOp::Write(Command::Delete {
             key: bytes_of(request.op_as_delete().ok_or_else(unknown)?.key()),
@@ -264,6 +360,8 @@ pub fn encode_response<'b>(
             args.found = current.is_some();
             args.value = current.as_ref().map(|v| builder.create_vector(&v[..]));
         }
+        Reply::PutIf { written } => args.succeeded = *written,
+        Reply::Counter(value) => args.number = *value,
         Reply::Status { groups, nodes } => {
             let groups: Vec<_> = groups
                 .iter()
@@ -345,6 +443,10 @@ pub fn decode_response(bytes: &[u8], kind: ReplyKind) -> Result<ClientResponse, 
             current: value(),
         },
         (None, ReplyKind::Status) => decode_status(&response)?,
+        (None, ReplyKind::PutIf) => Reply::PutIf {
+            written: response.succeeded(),
+        },
+        (None, ReplyKind::Incr) => Reply::Counter(response.number()),
     };
     Ok(ClientResponse { id, reply })
 }
@@ -406,6 +508,23 @@ mod tests {
                 new: None,
             }),
             ClientOp::Status,
+            ClientOp::Write(Command::PutIf {
+                key: b("k"),
+                value: b("v"),
+                condition: PutCondition::IfAbsent,
+            }),
+            ClientOp::Write(Command::PutIf {
+                key: b("k"),
+                value: b("v"),
+                condition: PutCondition::IfPresent,
+            }),
+            ClientOp::Write(Command::Incr {
+                key: b("n"),
+                delta: -7,
+            }),
+            ClientOp::Write(Command::MultiPut {
+                pairs: vec![(b("a"), b("1")), (b("b"), Bytes::new())],
+            }),
         ];
         ops.into_iter()
             .enumerate()
@@ -470,6 +589,10 @@ mod tests {
                 },
             ),
             (ReplyKind::Status, status),
+            (ReplyKind::PutIf, Reply::PutIf { written: true }),
+            (ReplyKind::PutIf, Reply::PutIf { written: false }),
+            (ReplyKind::Incr, Reply::Counter(i64::MIN)),
+            (ReplyKind::Put, Reply::Written),
             (
                 ReplyKind::Put,
                 Reply::Error {
@@ -515,6 +638,30 @@ mod tests {
             decode_request(&bytes),
             Err((Some(RequestId(8)), WireError::Command(_)))
         ));
+    }
+
+    #[test]
+    fn an_empty_or_oversize_multi_put_is_refused_with_the_id() {
+        // A multi-put without pairs or beyond the key limit never reaches a shard.
+        let mut builder = FlatBufferBuilder::new();
+        for pair_count in [0, crate::constants::MULTI_PUT_KEYS_MAX + 1] {
+            let request = ClientRequest {
+                id: RequestId(9),
+                op: ClientOp::Write(Command::MultiPut {
+                    pairs: (0..pair_count)
+                        .map(|i| (Bytes::from(format!("k{i}")), b("v")))
+                        .collect(),
+                }),
+            };
+            let bytes = encode_request(&mut builder, &request).to_vec();
+            assert!(
+                matches!(
+                    decode_request(&bytes),
+                    Err((Some(RequestId(9)), WireError::Command(_)))
+                ),
+                "{pair_count} pairs"
+            );
+        }
     }
 
     proptest! {

@@ -14,18 +14,108 @@ pub mod client {
 
 
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MIN_OP: u8 = 0;
+pub const ENUM_MIN_PUT_CONDITION: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_OP: u8 = 5;
+pub const ENUM_MAX_PUT_CONDITION: u8 = 2;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_OP: [Op; 6] = [
+pub const ENUM_VALUES_PUT_CONDITION: [PutCondition; 3] = [
+  PutCondition::Always,
+  PutCondition::IfAbsent,
+  PutCondition::IfPresent,
+];
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct PutCondition(pub u8);
+#[allow(non_upper_case_globals)]
+impl PutCondition {
+  pub const Always: Self = Self(0);
+  pub const IfAbsent: Self = Self(1);
+  pub const IfPresent: Self = Self(2);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 2;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::Always,
+    Self::IfAbsent,
+    Self::IfPresent,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::Always => Some("Always"),
+      Self::IfAbsent => Some("IfAbsent"),
+      Self::IfPresent => Some("IfPresent"),
+      _ => None,
+    }
+  }
+}
+impl ::core::fmt::Debug for PutCondition {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for PutCondition {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
+    Self(b)
+  }
+}
+
+impl ::flatbuffers::Push for PutCondition {
+    type Output = PutCondition;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
+    }
+}
+
+impl ::flatbuffers::EndianScalar for PutCondition {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> ::flatbuffers::Verifiable for PutCondition {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for PutCondition {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_OP: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_OP: u8 = 7;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_OP: [Op; 8] = [
   Op::NONE,
   Op::Get,
   Op::Put,
   Op::Delete,
   Op::Cas,
   Op::Status,
+  Op::Incr,
+  Op::MultiPut,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -39,9 +129,11 @@ impl Op {
   pub const Delete: Self = Self(3);
   pub const Cas: Self = Self(4);
   pub const Status: Self = Self(5);
+  pub const Incr: Self = Self(6);
+  pub const MultiPut: Self = Self(7);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 5;
+  pub const ENUM_MAX: u8 = 7;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::Get,
@@ -49,6 +141,8 @@ impl Op {
     Self::Delete,
     Self::Cas,
     Self::Status,
+    Self::Incr,
+    Self::MultiPut,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -59,6 +153,8 @@ impl Op {
       Self::Delete => Some("Delete"),
       Self::Cas => Some("Cas"),
       Self::Status => Some("Status"),
+      Self::Incr => Some("Incr"),
+      Self::MultiPut => Some("MultiPut"),
       _ => None,
     }
   }
@@ -334,6 +430,7 @@ impl<'a> ::flatbuffers::Follow<'a> for Put<'a> {
 impl<'a> Put<'a> {
   pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
   pub const VT_VALUE: ::flatbuffers::VOffsetT = 6;
+  pub const VT_CONDITION: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -347,6 +444,7 @@ impl<'a> Put<'a> {
     let mut builder = PutBuilder::new(_fbb);
     if let Some(x) = args.value { builder.add_value(x); }
     if let Some(x) = args.key { builder.add_key(x); }
+    builder.add_condition(args.condition);
     builder.finish()
   }
 
@@ -365,6 +463,13 @@ impl<'a> Put<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Put::VT_VALUE, None).unwrap()}
   }
+  #[inline]
+  pub fn condition(&self) -> PutCondition {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<PutCondition>(Put::VT_CONDITION, Some(PutCondition::Always)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Put<'_> {
@@ -375,6 +480,7 @@ impl ::flatbuffers::Verifiable for Put<'_> {
     v.visit_table(pos)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, true)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("value", Self::VT_VALUE, true)?
+     .visit_field::<PutCondition>("condition", Self::VT_CONDITION, false)?
      .finish();
     Ok(())
   }
@@ -382,6 +488,7 @@ impl ::flatbuffers::Verifiable for Put<'_> {
 pub struct PutArgs<'a> {
     pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub condition: PutCondition,
 }
 impl<'a> Default for PutArgs<'a> {
   #[inline]
@@ -389,6 +496,7 @@ impl<'a> Default for PutArgs<'a> {
     PutArgs {
       key: None, // required field
       value: None, // required field
+      condition: PutCondition::Always,
     }
   }
 }
@@ -405,6 +513,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PutBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_value(&mut self, value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Put::VT_VALUE, value);
+  }
+  #[inline]
+  pub fn add_condition(&mut self, condition: PutCondition) {
+    self.fbb_.push_slot::<PutCondition>(Put::VT_CONDITION, condition, PutCondition::Always);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PutBuilder<'a, 'b, A> {
@@ -428,6 +540,7 @@ impl ::core::fmt::Debug for Put<'_> {
     let mut ds = f.debug_struct("Put");
       ds.field("key", &self.key());
       ds.field("value", &self.value());
+      ds.field("condition", &self.condition());
       ds.finish()
   }
 }
@@ -737,6 +850,332 @@ impl ::core::fmt::Debug for Status<'_> {
       ds.finish()
   }
 }
+pub enum IncrOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct Incr<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Incr<'a> {
+  type Inner = Incr<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Incr<'a> {
+  pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+  pub const VT_DELTA: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Incr { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args IncrArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Incr<'bldr>> {
+    let mut builder = IncrBuilder::new(_fbb);
+    builder.add_delta(args.delta);
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn key(&self) -> ::flatbuffers::Vector<'a, u8> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Incr::VT_KEY, None).unwrap()}
+  }
+  #[inline]
+  pub fn delta(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(Incr::VT_DELTA, Some(0)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Incr<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, true)?
+     .visit_field::<i64>("delta", Self::VT_DELTA, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct IncrArgs<'a> {
+    pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub delta: i64,
+}
+impl<'a> Default for IncrArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    IncrArgs {
+      key: None, // required field
+      delta: 0,
+    }
+  }
+}
+
+pub struct IncrBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> IncrBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Incr::VT_KEY, key);
+  }
+  #[inline]
+  pub fn add_delta(&mut self, delta: i64) {
+    self.fbb_.push_slot::<i64>(Incr::VT_DELTA, delta, 0);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> IncrBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    IncrBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Incr<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, Incr::VT_KEY,"key");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Incr<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Incr");
+      ds.field("key", &self.key());
+      ds.field("delta", &self.delta());
+      ds.finish()
+  }
+}
+pub enum KeyValueOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct KeyValue<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for KeyValue<'a> {
+  type Inner = KeyValue<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> KeyValue<'a> {
+  pub const VT_KEY: ::flatbuffers::VOffsetT = 4;
+  pub const VT_VALUE: ::flatbuffers::VOffsetT = 6;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    KeyValue { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args KeyValueArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<KeyValue<'bldr>> {
+    let mut builder = KeyValueBuilder::new(_fbb);
+    if let Some(x) = args.value { builder.add_value(x); }
+    if let Some(x) = args.key { builder.add_key(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn key(&self) -> ::flatbuffers::Vector<'a, u8> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(KeyValue::VT_KEY, None).unwrap()}
+  }
+  #[inline]
+  pub fn value(&self) -> ::flatbuffers::Vector<'a, u8> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(KeyValue::VT_VALUE, None).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for KeyValue<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("key", Self::VT_KEY, true)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("value", Self::VT_VALUE, true)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct KeyValueArgs<'a> {
+    pub key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub value: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for KeyValueArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    KeyValueArgs {
+      key: None, // required field
+      value: None, // required field
+    }
+  }
+}
+
+pub struct KeyValueBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> KeyValueBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_key(&mut self, key: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(KeyValue::VT_KEY, key);
+  }
+  #[inline]
+  pub fn add_value(&mut self, value: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(KeyValue::VT_VALUE, value);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> KeyValueBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    KeyValueBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<KeyValue<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, KeyValue::VT_KEY,"key");
+    self.fbb_.required(o, KeyValue::VT_VALUE,"value");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for KeyValue<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("KeyValue");
+      ds.field("key", &self.key());
+      ds.field("value", &self.value());
+      ds.finish()
+  }
+}
+pub enum MultiPutOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct MultiPut<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for MultiPut<'a> {
+  type Inner = MultiPut<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> MultiPut<'a> {
+  pub const VT_PAIRS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    MultiPut { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args MultiPutArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<MultiPut<'bldr>> {
+    let mut builder = MultiPutBuilder::new(_fbb);
+    if let Some(x) = args.pairs { builder.add_pairs(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn pairs(&self) -> ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyValue<'a>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyValue>>>>(MultiPut::VT_PAIRS, None).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for MultiPut<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<KeyValue>>>>("pairs", Self::VT_PAIRS, true)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct MultiPutArgs<'a> {
+    pub pairs: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<KeyValue<'a>>>>>,
+}
+impl<'a> Default for MultiPutArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    MultiPutArgs {
+      pairs: None, // required field
+    }
+  }
+}
+
+pub struct MultiPutBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> MultiPutBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_pairs(&mut self, pairs: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<KeyValue<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(MultiPut::VT_PAIRS, pairs);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> MultiPutBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    MultiPutBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<MultiPut<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, MultiPut::VT_PAIRS,"pairs");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for MultiPut<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("MultiPut");
+      ds.field("pairs", &self.pairs());
+      ds.finish()
+  }
+}
 pub enum RequestOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -865,6 +1304,34 @@ impl<'a> Request<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_incr(&self) -> Option<Incr<'a>> {
+    if self.op_type() == Op::Incr {
+      let u = self.op();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { Incr::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn op_as_multi_put(&self) -> Option<MultiPut<'a>> {
+    if self.op_type() == Op::MultiPut {
+      let u = self.op();
+      // Safety:
+      // Created from a valid Table for this object
+      // Which contains a valid union in this slot
+      Some(unsafe { MultiPut::init_from_table(u) })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Request<'_> {
@@ -881,6 +1348,8 @@ impl ::flatbuffers::Verifiable for Request<'_> {
           Op::Delete => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Delete>>("Op::Delete", pos),
           Op::Cas => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Cas>>("Op::Cas", pos),
           Op::Status => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Status>>("Op::Status", pos),
+          Op::Incr => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Incr>>("Op::Incr", pos),
+          Op::MultiPut => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<MultiPut>>("Op::MultiPut", pos),
           _ => Ok(()),
         }
      })?
@@ -973,6 +1442,20 @@ impl ::core::fmt::Debug for Request<'_> {
         },
         Op::Status => {
           if let Some(x) = self.op_as_status() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Op::Incr => {
+          if let Some(x) = self.op_as_incr() {
+            ds.field("op", &x)
+          } else {
+            ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Op::MultiPut => {
+          if let Some(x) = self.op_as_multi_put() {
             ds.field("op", &x)
           } else {
             ds.field("op", &"InvalidFlatbuffer: Union discriminant does not match value.")
@@ -1304,6 +1787,7 @@ impl<'a> Response<'a> {
   pub const VT_SUCCEEDED: ::flatbuffers::VOffsetT = 14;
   pub const VT_GROUPS: ::flatbuffers::VOffsetT = 16;
   pub const VT_NODES: ::flatbuffers::VOffsetT = 18;
+  pub const VT_NUMBER: ::flatbuffers::VOffsetT = 20;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1315,6 +1799,7 @@ impl<'a> Response<'a> {
     args: &'args ResponseArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Response<'bldr>> {
     let mut builder = ResponseBuilder::new(_fbb);
+    builder.add_number(args.number);
     builder.add_id(args.id);
     if let Some(x) = args.nodes { builder.add_nodes(x); }
     if let Some(x) = args.groups { builder.add_groups(x); }
@@ -1383,6 +1868,13 @@ impl<'a> Response<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<NodeStatus>>>>(Response::VT_NODES, None)}
   }
+  #[inline]
+  pub fn number(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(Response::VT_NUMBER, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Response<'_> {
@@ -1399,6 +1891,7 @@ impl ::flatbuffers::Verifiable for Response<'_> {
      .visit_field::<bool>("succeeded", Self::VT_SUCCEEDED, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<GroupStatus>>>>("groups", Self::VT_GROUPS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<NodeStatus>>>>("nodes", Self::VT_NODES, false)?
+     .visit_field::<i64>("number", Self::VT_NUMBER, false)?
      .finish();
     Ok(())
   }
@@ -1412,6 +1905,7 @@ pub struct ResponseArgs<'a> {
     pub succeeded: bool,
     pub groups: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<GroupStatus<'a>>>>>,
     pub nodes: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<NodeStatus<'a>>>>>,
+    pub number: i64,
 }
 impl<'a> Default for ResponseArgs<'a> {
   #[inline]
@@ -1425,6 +1919,7 @@ impl<'a> Default for ResponseArgs<'a> {
       succeeded: false,
       groups: None,
       nodes: None,
+      number: 0,
     }
   }
 }
@@ -1467,6 +1962,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ResponseBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Response::VT_NODES, nodes);
   }
   #[inline]
+  pub fn add_number(&mut self, number: i64) {
+    self.fbb_.push_slot::<i64>(Response::VT_NUMBER, number, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ResponseBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ResponseBuilder {
@@ -1492,6 +1991,7 @@ impl ::core::fmt::Debug for Response<'_> {
       ds.field("succeeded", &self.succeeded());
       ds.field("groups", &self.groups());
       ds.field("nodes", &self.nodes());
+      ds.field("number", &self.number());
       ds.finish()
   }
 }
