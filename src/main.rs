@@ -162,7 +162,8 @@ struct ClusterArgs {
     /// P + 200 + i - 1 for Redis clients (RESP).
     #[arg(long, default_value_t = 7001)]
     base_port: u16,
-    /// Cores per node (default: every CPU).
+    /// Cores per node (default: the machine's CPUs shared out among the nodes, at least 1:
+    /// three nodes on one machine each using every CPU would only fight over them).
     #[arg(long)]
     cores: Option<usize>,
 }
@@ -675,9 +676,11 @@ mod cluster {
                 Ok(())
             });
         }
-        if let Some(cores) = args.cores {
-            command.arg("--cores").arg(cores.to_string());
-        }
+        let cores = args.cores.unwrap_or_else(|| {
+            let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+            (cpus / usize::try_from(args.nodes).unwrap_or(usize::MAX).max(1)).max(1)
+        });
+        command.arg("--cores").arg(cores.to_string());
         command
             .spawn()
             .with_context(|| format!("starting node {node} ({})", exe.display()))
