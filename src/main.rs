@@ -388,7 +388,9 @@ fn server(args: ServerArgs) -> anyhow::Result<()> {
             .map(resolve)
             .transpose()
             .context("--resp")?,
-        data_dir: args.data_dir,
+        // Absolute: the WAL's directory handles do not resolve relative paths.
+        data_dir: std::path::absolute(&args.data_dir)
+            .with_context(|| format!("--data-dir {}", args.data_dir.display()))?,
         cores,
         groups,
         timing: TimingConfig::new(args.tick_ms, args.election_ticks, args.heartbeat_ticks)?,

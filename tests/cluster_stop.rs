@@ -50,6 +50,8 @@ fn free_base_port() -> u16 {
 struct Launcher {
     child: Child,
     dir: tempfile::TempDir,
+    /// Where the nodes' data and logs are: `--dir`, resolved against `dir`.
+    data: std::path::PathBuf,
     base_port: u16,
     /// Node pids, from the launcher's banner.
     pids: Vec<i32>,
@@ -57,16 +59,24 @@ struct Launcher {
 
 impl Launcher {
     /// Starts `ringraft cluster` in a process group of its own (like a shell's foreground job)
-    /// and waits for its banner.
-    fn start() -> Launcher {
+    /// and waits for its banner. `relative`: run it inside the temporary directory with a
+    /// relative `--dir`, as a newcomer runs the README's command.
+    fn start(relative: bool) -> Launcher {
         let dir = tempfile::tempdir().expect("temporary directory");
         let base_port = free_base_port();
         let stdout = std::fs::File::create(dir.path().join("launcher.out")).expect("stdout file");
+        let (data_arg, data) = if relative {
+            let name = std::path::PathBuf::from("./cluster-data");
+            (name.clone(), dir.path().join(name))
+        } else {
+            (dir.path().to_path_buf(), dir.path().to_path_buf())
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_ringraft"))
+            .current_dir(dir.path())
             .args(["cluster", "--nodes", &NODES.to_string(), "--cores", "1"])
             .args(["--base-port", &base_port.to_string()])
             .arg("--dir")
-            .arg(dir.path())
+            .arg(data_arg)
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(Stdio::null())
@@ -76,6 +86,7 @@ impl Launcher {
         let mut launcher = Launcher {
             child,
             dir,
+            data,
             base_port,
             pids: Vec::new(),
         };
@@ -97,7 +108,7 @@ impl Launcher {
     }
 
     fn log(&self, node: usize) -> String {
-        let path = self.dir.path().join(format!("node-{node}.log"));
+        let path = self.data.join(format!("node-{node}.log"));
         std::fs::read_to_string(path).unwrap_or_default()
     }
 
@@ -243,11 +254,11 @@ fn ctrl_c_stops_the_nodes_one_at_a_time_and_every_log_line_names_its_origin() {
     // A Ctrl-C to the launcher's process group reaches only the launcher, which stops node
     // 1, then 2, then 3, each after the previous one exited; nodes 1 and 2 hand their
     // leaderships over before the drain deadline, all exit 0, and their logs name node,
-    // core, group and term.
+    // core, group and term. The launcher runs with a relative --dir, as the README's does.
     let _serial = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let mut launcher = Launcher::start();
+    let mut launcher = Launcher::start(true);
     write_through_every_node(&launcher);
     launcher.ctrl_c();
     let status = launcher.wait_for_exit();
@@ -317,7 +328,7 @@ fn a_second_ctrl_c_kills_the_nodes_still_running() {
     let _serial = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let mut launcher = Launcher::start();
+    let mut launcher = Launcher::start(false);
     write_through_every_node(&launcher);
     launcher.ctrl_c();
     launcher.wait_for_output("stopping node 1\n");

@@ -61,7 +61,7 @@ pub enum ServerError {
     #[error(transparent)]
     Executor(#[from] ExecutorError),
     #[error(
-        "core {core}: opening the WAL in {dir}: {detail} (corruption names the file and offset; restore or remove that node's data and let it catch up)"
+        "core {core}: opening the WAL in {dir}: {detail} (check that the directory exists and is writable; if the error names a corrupt file and offset, restore or remove that node's data and let it catch up from its peers)"
     )]
     Wal {
         core: CoreId,
