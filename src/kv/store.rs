@@ -3,7 +3,7 @@
 //! machine's frozen view in steps that yield, load the newest snapshot that decodes
 //! completely (skipping corrupt ones, and saying which), and remove old snapshots.
 //!
-//! Two implementations exist: direct I/O on glommio in `reactor/snapstore.rs` and the
+//! Two implementations exist: direct I/O in the reactor (`reactor/snapstore.rs`) and the
 //! in-memory, crash-simulating one in `sim/snapstore.rs`. This file must not do I/O itself,
 //! name the runtime, or know anything of the byte format beyond `snapshot.rs`'s API.
 
