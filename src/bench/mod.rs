@@ -88,24 +88,30 @@ fn plan_routes(config: &BenchConfig) -> Result<Vec<Route>, BenchError> {
     if endpoints.is_empty() {
         return Err(BenchError::Config("no endpoints given".into()));
     }
-    let every_key = |endpoint: &String| Route {
-        endpoint: endpoint.clone(),
+    // Each route lists every endpoint, its own first, so a connection fails over at connect
+    // time as a client given all of them does.
+    let rotated = |first: usize| -> String {
+        (0..endpoints.len())
+            .map(|offset| endpoints[(first + offset) % endpoints.len()].as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let every_key = |first: usize| Route {
+        endpoint: rotated(first),
         groups: Vec::new(),
     };
     if config.routing == Routing::Any {
-        return Ok(endpoints.iter().map(every_key).collect());
+        return Ok((0..endpoints.len()).map(every_key).collect());
     }
     let mut routes = Vec::new();
-    for endpoint in &endpoints {
-        let mut client =
-            Client::connect(endpoint, config.timeout).map_err(|source| BenchError::Client {
-                connection: 0,
-                source,
-            })?;
-        let (groups, _) = client.status().map_err(|source| BenchError::Client {
-            connection: 0,
-            source,
-        })?;
+    for (index, endpoint) in endpoints.iter().enumerate() {
+        // A node that does not answer leads nothing we can use; the others still can.
+        let Ok(mut client) = Client::connect(endpoint, config.timeout) else {
+            continue;
+        };
+        let Ok((groups, _)) = client.status() else {
+            continue;
+        };
         let mut led = vec![false; groups.len()];
         for status in &groups {
             if status.role == RoleKind::Leader
@@ -116,14 +122,15 @@ fn plan_routes(config: &BenchConfig) -> Result<Vec<Route>, BenchError> {
         }
         if led.contains(&true) {
             routes.push(Route {
-                endpoint: endpoint.clone(),
+                endpoint: rotated(index),
                 groups: led,
             });
         }
     }
     if routes.is_empty() {
-        // No node claims a group (an election is running): forwarding still serves them.
-        return Ok(endpoints.iter().map(every_key).collect());
+        // No node claims a group (an election is running, or none answers): forwarding
+        // still serves them, and connecting reports what is unreachable.
+        return Ok((0..endpoints.len()).map(every_key).collect());
     }
     Ok(routes)
 }
