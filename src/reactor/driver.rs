@@ -1,7 +1,7 @@
 //! The loop that drives one core's shard (DESIGN §2): wake on a tick, a peer frame, a client
 //! request or a WAL completion; feed the inputs; call `round`; send batches at once; hand the
-//! WAL append to the one WAL task (appends run one at a time in ticket order: while one
-//! append+sync runs, later tickets queue); deliver replies (through the channel mesh when the
+//! WAL append to the one WAL task (while one append runs, later tickets queue; the WAL task
+//! then folds every queued append into one write, `log::fold_appends`); deliver replies (through the channel mesh when the
 //! connection lives on another core). Also the tick task (elapsed ticks from `Instant`
 //! deadlines, GLOMMIO.md: timers drift) and the WAL task.
 //!
@@ -67,7 +67,8 @@ impl WalQueue {
     }
 }
 
-/// Runs the WAL: appends (each one write plus one sync) and fetches, one at a time, in order.
+/// Runs the WAL: appends (the ones queued together folded into one write and sync) and
+/// fetches, one at a time, in order.
 pub async fn run_wal(
     context: Rc<CoreContext>,
     mut log: Log<DmaDisk>,
@@ -85,9 +86,9 @@ pub async fn run_wal(
                     let mut tickets = vec![ticket];
                     loop {
                         let mut jobs = queue.jobs.borrow_mut();
-                        let Some(WalJob::Append(..)) = jobs.front() else {
+                        if !matches!(jobs.front(), Some(WalJob::Append(..))) {
                             break;
-                        };
+                        }
                         let Some(WalJob::Append(next_ticket, next)) = jobs.pop_front() else {
                             break;
                         };
