@@ -192,6 +192,17 @@ pub const SNAPSHOT_WRITES_IN_FLIGHT: usize = 4;
 /// turns out corrupt.
 pub const SNAPSHOTS_KEPT: usize = 2;
 
+/// The largest `data` of one snapshot chunk in a peer batch, bytes; a receiver refuses larger
+/// chunks. One chunk must fit a batch beside its envelope (checked again in wire/batch.rs,
+/// which knows the envelope's size).
+pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 1024 * 1024;
+/// The `data` bytes senders put in one snapshot chunk: a multiple of the largest direct-I/O
+/// alignment, so a receiver staging chunks at their offsets writes whole aligned blocks.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 256 * 1024;
+
+const _: () = assert!(SNAPSHOT_CHUNK_BYTES_MAX as u64 <= BATCH_BYTES_MAX / 2);
+const _: () = assert!(SNAPSHOT_CHUNK_BYTES > 0 && SNAPSHOT_CHUNK_BYTES <= SNAPSHOT_CHUNK_BYTES_MAX);
+const _: () = assert!(SNAPSHOT_CHUNK_BYTES.is_multiple_of(WAL_HEADER_BLOCK_BYTES as usize));
 const _: () = assert!(SNAPSHOT_PADDING_BYTES_MAX.is_power_of_two());
 const _: () = assert!(SNAPSHOT_IO_BUFFER_BYTES.is_multiple_of(SNAPSHOT_PADDING_BYTES_MAX));
 const _: () = assert!(SNAPSHOT_STEP_BYTES > 0 && SNAPSHOTS_KEPT >= 2);

@@ -46,9 +46,7 @@ impl BatchAssembler {
         if self.spare.len() >= SPARE_BATCHES_MAX || batch.capacity_bytes() > SPARE_BATCH_BYTES_MAX {
             return;
         }
-        batch.messages.clear();
-        batch.heartbeats.clear();
-        batch.heartbeat_responses.clear();
+        batch.clear();
         self.spare.push(batch);
     }
 

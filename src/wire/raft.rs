@@ -1,6 +1,6 @@
 //! The peer protocol: a `Batch` (all Raft messages of one core's groups to one node in one
-//! round, heartbeats coalesced, forwarded client requests) to and from the `Batch`
-//! flatbuffer of `schemas/raft.fbs`.
+//! round, heartbeats coalesced, forwarded client requests, snapshot chunks and their
+//! acknowledgements) to and from the `Batch` flatbuffer of `schemas/raft.fbs`.
 //! Decoding verifies the buffer and every field, and returns a `WireError` for anything a
 //! correct peer would not send.
 
@@ -8,8 +8,12 @@ use bytes::Bytes;
 use flatbuffers::{FlatBufferBuilder, WIPOffset};
 use thiserror::Error;
 
-use super::batch::{Batch, Forward, GroupMessage, HeartbeatEntry, HeartbeatResponseEntry};
+use super::batch::{
+    Batch, Forward, GroupMessage, HeartbeatEntry, HeartbeatResponseEntry, SnapshotAck,
+    SnapshotChunk,
+};
 use super::generated::raft_generated::ringraft::wire::raft as fb;
+use crate::constants::{VOTERS_MAX, WAL_MEMBERS_MAX};
 use crate::ids::{CoreId, EntryId, GroupId, LogIndex, NodeId, Term};
 use crate::raft::{
     AppendResponse, Entry, EntryKind, Membership, MessageBody, ReadContext, SnapshotMeta,
@@ -39,6 +43,16 @@ pub enum WireError {
         prev_term: Term,
         message_term: Term,
     },
+    #[error(
+        "snapshot membership of group {group} has {voter_count} voters and {learner_count} learners, over the limits {VOTERS_MAX} voters and {WAL_MEMBERS_MAX} members"
+    )]
+    MembershipTooLarge {
+        group: u32,
+        voter_count: usize,
+        learner_count: usize,
+    },
+    #[error("snapshot membership of group {group} names node {node} as a voter and a learner")]
+    MembershipOverlap { group: u32, node: NodeId },
 }
 
 /// Encodes `batch`, sent by core `core`, into `builder` and returns the finished bytes (valid
@@ -104,6 +118,33 @@ pub fn encode_batch<'b>(
     }
     let forward_requests = builder.create_vector(&requests);
     let forward_replies = builder.create_vector(&replies);
+    let mut chunks = Vec::with_capacity(batch.snapshot_chunks.len());
+    for chunk in &batch.snapshot_chunks {
+        let snapshot = encode_snapshot_meta(builder, &chunk.snapshot);
+        let data = builder.create_vector(&chunk.data[..]);
+        let args = fb::SnapshotChunkArgs {
+            group: chunk.group.0,
+            term: chunk.term.0,
+            snapshot: Some(snapshot),
+            offset: chunk.offset,
+            total_bytes: chunk.total_bytes,
+            data: Some(data),
+        };
+        chunks.push(fb::SnapshotChunk::create(builder, &args));
+    }
+    let snapshot_chunks = builder.create_vector(&chunks);
+    let mut acks = Vec::with_capacity(batch.snapshot_acks.len());
+    for ack in &batch.snapshot_acks {
+        let last = entry_id(ack.last);
+        let args = fb::SnapshotAckArgs {
+            group: ack.group.0,
+            last: Some(&last),
+            received_bytes: ack.received_bytes,
+            refused: ack.refused,
+        };
+        acks.push(fb::SnapshotAck::create(builder, &args));
+    }
+    let snapshot_acks = builder.create_vector(&acks);
     let root = fb::Batch::create(
         builder,
         &fb::BatchArgs {
@@ -115,6 +156,8 @@ pub fn encode_batch<'b>(
             heartbeat_responses: Some(heartbeat_responses),
             forward_requests: Some(forward_requests),
             forward_replies: Some(forward_replies),
+            snapshot_chunks: Some(snapshot_chunks),
+            snapshot_acks: Some(snapshot_acks),
         },
     );
     builder.finish(root, None);
@@ -123,6 +166,31 @@ pub fn encode_batch<'b>(
 
 fn entry_id(id: EntryId) -> fb::EntryId {
     fb::EntryId::new(id.term.0, id.index.0)
+}
+
+fn encode_snapshot_meta<'b>(
+    builder: &mut FlatBufferBuilder<'b>,
+    snapshot: &SnapshotMeta,
+) -> WIPOffset<fb::SnapshotMeta<'b>> {
+    let voters: Vec<u64> = snapshot.membership.voters.iter().map(|n| n.0).collect();
+    let learners: Vec<u64> = snapshot.membership.learners.iter().map(|n| n.0).collect();
+    let voters = builder.create_vector(&voters);
+    let learners = builder.create_vector(&learners);
+    let membership = fb::Membership::create(
+        builder,
+        &fb::MembershipArgs {
+            voters: Some(voters),
+            learners: Some(learners),
+        },
+    );
+    let last = entry_id(snapshot.last);
+    fb::SnapshotMeta::create(
+        builder,
+        &fb::SnapshotMetaArgs {
+            last: Some(&last),
+            membership: Some(membership),
+        },
+    )
 }
 
 fn encode_body(
@@ -260,25 +328,7 @@ fn encode_body(
             (fb::Body::TimeoutNow, table.as_union_value())
         }
         MessageBody::InstallSnapshot { snapshot } => {
-            let voters: Vec<u64> = snapshot.membership.voters.iter().map(|n| n.0).collect();
-            let learners: Vec<u64> = snapshot.membership.learners.iter().map(|n| n.0).collect();
-            let voters = builder.create_vector(&voters);
-            let learners = builder.create_vector(&learners);
-            let membership = fb::Membership::create(
-                builder,
-                &fb::MembershipArgs {
-                    voters: Some(voters),
-                    learners: Some(learners),
-                },
-            );
-            let last = entry_id(snapshot.last);
-            let meta = fb::SnapshotMeta::create(
-                builder,
-                &fb::SnapshotMetaArgs {
-                    last: Some(&last),
-                    membership: Some(membership),
-                },
-            );
+            let meta = encode_snapshot_meta(builder, snapshot);
             let args = fb::InstallSnapshotArgs {
                 snapshot: Some(meta),
             };
@@ -349,6 +399,27 @@ pub fn decode_batch(bytes: &[u8]) -> Result<(CoreId, Batch), WireError> {
                 .map(|r| Bytes::copy_from_slice(r.bytes()))
                 .unwrap_or_default(),
         });
+    let mut snapshot_chunks = Vec::new();
+    for chunk in batch.snapshot_chunks().into_iter().flatten() {
+        snapshot_chunks.push(SnapshotChunk {
+            group: GroupId(chunk.group()),
+            term: Term(chunk.term()),
+            snapshot: decode_snapshot(chunk.snapshot(), chunk.group())?,
+            offset: chunk.offset(),
+            total_bytes: chunk.total_bytes(),
+            data: Bytes::copy_from_slice(chunk.data().bytes()),
+        });
+    }
+    let snapshot_acks = batch
+        .snapshot_acks()
+        .into_iter()
+        .flatten()
+        .map(|ack| SnapshotAck {
+            group: GroupId(ack.group()),
+            last: domain_id(ack.last()),
+            received_bytes: ack.received_bytes(),
+            refused: ack.refused(),
+        });
     let decoded = Batch {
         from,
         to,
@@ -356,6 +427,8 @@ pub fn decode_batch(bytes: &[u8]) -> Result<(CoreId, Batch), WireError> {
         heartbeats: heartbeats.collect(),
         heartbeat_responses: heartbeat_responses.collect(),
         forwards: requests.chain(replies).collect(),
+        snapshot_chunks,
+        snapshot_acks: snapshot_acks.collect(),
     };
     Ok((CoreId(batch.core()), decoded))
 }
@@ -459,7 +532,7 @@ fn decode_body(message: &fb::GroupMessage<'_>) -> Result<MessageBody, WireError>
         fb::Body::InstallSnapshot => {
             let table = message.body_as_install_snapshot().ok_or_else(unknown)?;
             MessageBody::InstallSnapshot {
-                snapshot: decode_snapshot(table.snapshot()),
+                snapshot: decode_snapshot(table.snapshot(), message.group())?,
             }
         }
         _ => return Err(unknown()),
@@ -507,24 +580,53 @@ fn decode_append(table: fb::Append<'_>, message_term: Term) -> Result<MessageBod
     })
 }
 
-fn decode_snapshot(meta: fb::SnapshotMeta<'_>) -> SnapshotMeta {
-    let nodes = |list: Option<flatbuffers::Vector<'_, u64>>| -> Vec<NodeId> {
-        list.map(|l| l.iter().map(NodeId).collect())
-            .unwrap_or_default()
+/// Decodes the metadata of a snapshot offered to `group` (in `InstallSnapshot` and in every
+/// snapshot chunk). Voters and learners come out sorted without duplicates; a membership over
+/// the limits a snapshot mark holds, with a zero node id, or naming a node as both voter and
+/// learner is refused.
+fn decode_snapshot(meta: fb::SnapshotMeta<'_>, group: u32) -> Result<SnapshotMeta, WireError> {
+    let membership = match meta.membership() {
+        None => Membership::default(),
+        Some(membership) => decode_membership(membership, group)?,
     };
-    let membership = meta.membership().map_or_else(Membership::default, |m| {
-        let mut learners = nodes(m.learners());
-        learners.sort_unstable();
-        learners.dedup();
-        Membership {
-            learners,
-            ..Membership::new(nodes(m.voters()))
-        }
-    });
-    SnapshotMeta {
+    Ok(SnapshotMeta {
         last: domain_id(meta.last()),
         membership,
+    })
+}
+
+fn decode_membership(membership: fb::Membership<'_>, group: u32) -> Result<Membership, WireError> {
+    let voter_count = membership.voters().map_or(0, |list| list.len());
+    let learner_count = membership.learners().map_or(0, |list| list.len());
+    if voter_count > VOTERS_MAX || voter_count.saturating_add(learner_count) > WAL_MEMBERS_MAX {
+        return Err(WireError::MembershipTooLarge {
+            group,
+            voter_count,
+            learner_count,
+        });
     }
+    let nodes = |list: Option<flatbuffers::Vector<'_, u64>>, field| -> Result<Vec<NodeId>, _> {
+        list.into_iter()
+            .flatten()
+            .map(|id| node(id, field))
+            .collect()
+    };
+    let voters = nodes(membership.voters(), "membership.voters")?;
+    let mut learners = nodes(membership.learners(), "membership.learners")?;
+    learners.sort_unstable();
+    learners.dedup();
+    let membership = Membership {
+        learners,
+        ..Membership::new(voters)
+    };
+    if let Some(&node) = membership
+        .learners
+        .iter()
+        .find(|&&learner| membership.is_voter(learner))
+    {
+        return Err(WireError::MembershipOverlap { group, node });
+    }
+    Ok(membership)
 }
 
 #[cfg(test)]

@@ -2844,6 +2844,337 @@ impl ::core::fmt::Debug for ForwardReply<'_> {
       ds.finish()
   }
 }
+pub enum SnapshotChunkOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct SnapshotChunk<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for SnapshotChunk<'a> {
+  type Inner = SnapshotChunk<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> SnapshotChunk<'a> {
+  pub const VT_GROUP: ::flatbuffers::VOffsetT = 4;
+  pub const VT_TERM: ::flatbuffers::VOffsetT = 6;
+  pub const VT_SNAPSHOT: ::flatbuffers::VOffsetT = 8;
+  pub const VT_OFFSET: ::flatbuffers::VOffsetT = 10;
+  pub const VT_TOTAL_BYTES: ::flatbuffers::VOffsetT = 12;
+  pub const VT_DATA: ::flatbuffers::VOffsetT = 14;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    SnapshotChunk { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args SnapshotChunkArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<SnapshotChunk<'bldr>> {
+    let mut builder = SnapshotChunkBuilder::new(_fbb);
+    builder.add_total_bytes(args.total_bytes);
+    builder.add_offset(args.offset);
+    builder.add_term(args.term);
+    if let Some(x) = args.data { builder.add_data(x); }
+    if let Some(x) = args.snapshot { builder.add_snapshot(x); }
+    builder.add_group(args.group);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn group(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(SnapshotChunk::VT_GROUP, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn term(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SnapshotChunk::VT_TERM, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn snapshot(&self) -> SnapshotMeta<'a> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<SnapshotMeta>>(SnapshotChunk::VT_SNAPSHOT, None).unwrap()}
+  }
+  #[inline]
+  pub fn offset(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SnapshotChunk::VT_OFFSET, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn total_bytes(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SnapshotChunk::VT_TOTAL_BYTES, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn data(&self) -> ::flatbuffers::Vector<'a, u8> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(SnapshotChunk::VT_DATA, None).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for SnapshotChunk<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u32>("group", Self::VT_GROUP, false)?
+     .visit_field::<u64>("term", Self::VT_TERM, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<SnapshotMeta>>("snapshot", Self::VT_SNAPSHOT, true)?
+     .visit_field::<u64>("offset", Self::VT_OFFSET, false)?
+     .visit_field::<u64>("total_bytes", Self::VT_TOTAL_BYTES, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("data", Self::VT_DATA, true)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct SnapshotChunkArgs<'a> {
+    pub group: u32,
+    pub term: u64,
+    pub snapshot: Option<::flatbuffers::WIPOffset<SnapshotMeta<'a>>>,
+    pub offset: u64,
+    pub total_bytes: u64,
+    pub data: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+}
+impl<'a> Default for SnapshotChunkArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    SnapshotChunkArgs {
+      group: 0,
+      term: 0,
+      snapshot: None, // required field
+      offset: 0,
+      total_bytes: 0,
+      data: None, // required field
+    }
+  }
+}
+
+pub struct SnapshotChunkBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SnapshotChunkBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_group(&mut self, group: u32) {
+    self.fbb_.push_slot::<u32>(SnapshotChunk::VT_GROUP, group, 0);
+  }
+  #[inline]
+  pub fn add_term(&mut self, term: u64) {
+    self.fbb_.push_slot::<u64>(SnapshotChunk::VT_TERM, term, 0);
+  }
+  #[inline]
+  pub fn add_snapshot(&mut self, snapshot: ::flatbuffers::WIPOffset<SnapshotMeta<'b >>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<SnapshotMeta>>(SnapshotChunk::VT_SNAPSHOT, snapshot);
+  }
+  #[inline]
+  pub fn add_offset(&mut self, offset: u64) {
+    self.fbb_.push_slot::<u64>(SnapshotChunk::VT_OFFSET, offset, 0);
+  }
+  #[inline]
+  pub fn add_total_bytes(&mut self, total_bytes: u64) {
+    self.fbb_.push_slot::<u64>(SnapshotChunk::VT_TOTAL_BYTES, total_bytes, 0);
+  }
+  #[inline]
+  pub fn add_data(&mut self, data: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u8>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(SnapshotChunk::VT_DATA, data);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SnapshotChunkBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    SnapshotChunkBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<SnapshotChunk<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, SnapshotChunk::VT_SNAPSHOT,"snapshot");
+    self.fbb_.required(o, SnapshotChunk::VT_DATA,"data");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for SnapshotChunk<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("SnapshotChunk");
+      ds.field("group", &self.group());
+      ds.field("term", &self.term());
+      ds.field("snapshot", &self.snapshot());
+      ds.field("offset", &self.offset());
+      ds.field("total_bytes", &self.total_bytes());
+      ds.field("data", &self.data());
+      ds.finish()
+  }
+}
+pub enum SnapshotAckOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct SnapshotAck<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for SnapshotAck<'a> {
+  type Inner = SnapshotAck<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> SnapshotAck<'a> {
+  pub const VT_GROUP: ::flatbuffers::VOffsetT = 4;
+  pub const VT_LAST: ::flatbuffers::VOffsetT = 6;
+  pub const VT_RECEIVED_BYTES: ::flatbuffers::VOffsetT = 8;
+  pub const VT_REFUSED: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    SnapshotAck { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args SnapshotAckArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<SnapshotAck<'bldr>> {
+    let mut builder = SnapshotAckBuilder::new(_fbb);
+    builder.add_received_bytes(args.received_bytes);
+    if let Some(x) = args.last { builder.add_last(x); }
+    builder.add_group(args.group);
+    builder.add_refused(args.refused);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn group(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(SnapshotAck::VT_GROUP, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn last(&self) -> &'a EntryId {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<EntryId>(SnapshotAck::VT_LAST, None).unwrap()}
+  }
+  #[inline]
+  pub fn received_bytes(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(SnapshotAck::VT_RECEIVED_BYTES, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn refused(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(SnapshotAck::VT_REFUSED, Some(false)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for SnapshotAck<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u32>("group", Self::VT_GROUP, false)?
+     .visit_field::<EntryId>("last", Self::VT_LAST, true)?
+     .visit_field::<u64>("received_bytes", Self::VT_RECEIVED_BYTES, false)?
+     .visit_field::<bool>("refused", Self::VT_REFUSED, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct SnapshotAckArgs<'a> {
+    pub group: u32,
+    pub last: Option<&'a EntryId>,
+    pub received_bytes: u64,
+    pub refused: bool,
+}
+impl<'a> Default for SnapshotAckArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    SnapshotAckArgs {
+      group: 0,
+      last: None, // required field
+      received_bytes: 0,
+      refused: false,
+    }
+  }
+}
+
+pub struct SnapshotAckBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> SnapshotAckBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_group(&mut self, group: u32) {
+    self.fbb_.push_slot::<u32>(SnapshotAck::VT_GROUP, group, 0);
+  }
+  #[inline]
+  pub fn add_last(&mut self, last: &EntryId) {
+    self.fbb_.push_slot_always::<&EntryId>(SnapshotAck::VT_LAST, last);
+  }
+  #[inline]
+  pub fn add_received_bytes(&mut self, received_bytes: u64) {
+    self.fbb_.push_slot::<u64>(SnapshotAck::VT_RECEIVED_BYTES, received_bytes, 0);
+  }
+  #[inline]
+  pub fn add_refused(&mut self, refused: bool) {
+    self.fbb_.push_slot::<bool>(SnapshotAck::VT_REFUSED, refused, false);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> SnapshotAckBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    SnapshotAckBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<SnapshotAck<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, SnapshotAck::VT_LAST,"last");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for SnapshotAck<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("SnapshotAck");
+      ds.field("group", &self.group());
+      ds.field("last", &self.last());
+      ds.field("received_bytes", &self.received_bytes());
+      ds.field("refused", &self.refused());
+      ds.finish()
+  }
+}
 pub enum BatchOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -2868,6 +3199,8 @@ impl<'a> Batch<'a> {
   pub const VT_HEARTBEAT_RESPONSES: ::flatbuffers::VOffsetT = 14;
   pub const VT_FORWARD_REQUESTS: ::flatbuffers::VOffsetT = 16;
   pub const VT_FORWARD_REPLIES: ::flatbuffers::VOffsetT = 18;
+  pub const VT_SNAPSHOT_CHUNKS: ::flatbuffers::VOffsetT = 20;
+  pub const VT_SNAPSHOT_ACKS: ::flatbuffers::VOffsetT = 22;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2881,6 +3214,8 @@ impl<'a> Batch<'a> {
     let mut builder = BatchBuilder::new(_fbb);
     builder.add_to(args.to);
     builder.add_from(args.from);
+    if let Some(x) = args.snapshot_acks { builder.add_snapshot_acks(x); }
+    if let Some(x) = args.snapshot_chunks { builder.add_snapshot_chunks(x); }
     if let Some(x) = args.forward_replies { builder.add_forward_replies(x); }
     if let Some(x) = args.forward_requests { builder.add_forward_requests(x); }
     if let Some(x) = args.heartbeat_responses { builder.add_heartbeat_responses(x); }
@@ -2947,6 +3282,20 @@ impl<'a> Batch<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ForwardReply>>>>(Batch::VT_FORWARD_REPLIES, None)}
   }
+  #[inline]
+  pub fn snapshot_chunks(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<SnapshotChunk<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<SnapshotChunk>>>>(Batch::VT_SNAPSHOT_CHUNKS, None)}
+  }
+  #[inline]
+  pub fn snapshot_acks(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<SnapshotAck<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<SnapshotAck>>>>(Batch::VT_SNAPSHOT_ACKS, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Batch<'_> {
@@ -2963,6 +3312,8 @@ impl ::flatbuffers::Verifiable for Batch<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, CoalescedBeat>>>("heartbeat_responses", Self::VT_HEARTBEAT_RESPONSES, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ForwardRequest>>>>("forward_requests", Self::VT_FORWARD_REQUESTS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ForwardReply>>>>("forward_replies", Self::VT_FORWARD_REPLIES, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<SnapshotChunk>>>>("snapshot_chunks", Self::VT_SNAPSHOT_CHUNKS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<SnapshotAck>>>>("snapshot_acks", Self::VT_SNAPSHOT_ACKS, false)?
      .finish();
     Ok(())
   }
@@ -2976,6 +3327,8 @@ pub struct BatchArgs<'a> {
     pub heartbeat_responses: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, CoalescedBeat>>>,
     pub forward_requests: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ForwardRequest<'a>>>>>,
     pub forward_replies: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ForwardReply<'a>>>>>,
+    pub snapshot_chunks: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<SnapshotChunk<'a>>>>>,
+    pub snapshot_acks: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<SnapshotAck<'a>>>>>,
 }
 impl<'a> Default for BatchArgs<'a> {
   #[inline]
@@ -2989,6 +3342,8 @@ impl<'a> Default for BatchArgs<'a> {
       heartbeat_responses: None,
       forward_requests: None,
       forward_replies: None,
+      snapshot_chunks: None,
+      snapshot_acks: None,
     }
   }
 }
@@ -3031,6 +3386,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> BatchBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Batch::VT_FORWARD_REPLIES, forward_replies);
   }
   #[inline]
+  pub fn add_snapshot_chunks(&mut self, snapshot_chunks: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<SnapshotChunk<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Batch::VT_SNAPSHOT_CHUNKS, snapshot_chunks);
+  }
+  #[inline]
+  pub fn add_snapshot_acks(&mut self, snapshot_acks: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<SnapshotAck<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Batch::VT_SNAPSHOT_ACKS, snapshot_acks);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> BatchBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     BatchBuilder {
@@ -3056,6 +3419,8 @@ impl ::core::fmt::Debug for Batch<'_> {
       ds.field("heartbeat_responses", &self.heartbeat_responses());
       ds.field("forward_requests", &self.forward_requests());
       ds.field("forward_replies", &self.forward_replies());
+      ds.field("snapshot_chunks", &self.snapshot_chunks());
+      ds.field("snapshot_acks", &self.snapshot_acks());
       ds.finish()
   }
 }
