@@ -206,3 +206,16 @@ const _: () = assert!(SNAPSHOT_CHUNK_BYTES.is_multiple_of(WAL_HEADER_BLOCK_BYTES
 const _: () = assert!(SNAPSHOT_PADDING_BYTES_MAX.is_power_of_two());
 const _: () = assert!(SNAPSHOT_IO_BUFFER_BYTES.is_multiple_of(SNAPSHOT_PADDING_BYTES_MAX));
 const _: () = assert!(SNAPSHOT_STEP_BYTES > 0 && SNAPSHOTS_KEPT >= 2);
+
+// Snapshots in a running cluster (thesis chapter 5).
+/// Applied entries after which a group takes a snapshot and compacts its log (`--snapshot-entries`).
+pub const SNAPSHOT_ENTRIES_DEFAULT: u64 = 100_000;
+/// MiB per second one core may spend streaming snapshots to followers (`--snapshot-send-mib`).
+pub const SNAPSHOT_SEND_MIB_DEFAULT: u64 = 128;
+/// Chunks of a snapshot a sender keeps unacknowledged.
+pub const SNAPSHOT_SEND_WINDOW_CHUNKS: usize = 4;
+/// Without an acknowledgement for this long, a sender sends again from the last acknowledged byte.
+pub const SNAPSHOT_RESEND_MS: u64 = 1000;
+/// Without progress for this long, a snapshot transfer is given up (the leader offers again).
+pub const SNAPSHOT_STALL_MS: u64 = 10_000;
+const _: () = assert!(SNAPSHOT_RESEND_MS < SNAPSHOT_STALL_MS && SNAPSHOT_SEND_WINDOW_CHUNKS > 0);

@@ -148,6 +148,13 @@ struct ServerArgs {
     /// Seed of the Raft randomness (election timeouts); mixed with node and core ids.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// A group takes a snapshot and compacts its log after this many applied entries
+    /// (0: never; the log then grows without bound).
+    #[arg(long, default_value_t = ringraft::constants::SNAPSHOT_ENTRIES_DEFAULT)]
+    snapshot_entries: u64,
+    /// MiB per second one core may spend sending snapshots to lagging followers.
+    #[arg(long, default_value_t = ringraft::constants::SNAPSHOT_SEND_MIB_DEFAULT)]
+    snapshot_send_mib: u64,
 }
 
 #[derive(Args, Debug)]
@@ -404,6 +411,12 @@ fn server(args: ServerArgs) -> anyhow::Result<()> {
             .checked_mul(1024 * 1024)
             .context("--wal-segment-mib too large")?,
         seed: args.seed,
+        snapshot_entries: args.snapshot_entries,
+        snapshot_send_bytes_per_second: args
+            .snapshot_send_mib
+            .checked_mul(1024 * 1024)
+            .filter(|&bytes| bytes > 0)
+            .context("--snapshot-send-mib must be between 1 and 2^44")?,
     };
     ringraft::reactor::server::run_server(
         config,

@@ -20,7 +20,9 @@ use glommio::sync::{Semaphore, StaticPermit};
 
 use crate::constants::CORE_INPUTS_QUEUED_MAX;
 use crate::ids::{CoreId, GroupId, NodeId};
-use crate::raft::types::Entry;
+use crate::kv::KvMachine;
+use crate::kv::store::SnapshotId;
+use crate::raft::types::{Entry, Message, SnapshotStatus};
 use crate::reactor::peer::Hello;
 use crate::reactor::shard_api::{Origin, WalTicket};
 use crate::shard::Batch;
@@ -36,6 +38,14 @@ pub enum Input {
     WalDurable(WalTicket),
     Fetched(GroupId, Vec<Entry>),
     Stop,
+    /// The snapshot writer wrote one chunk of a snapshot the shard takes.
+    SnapshotChunkWritten(SnapshotId),
+    /// A snapshot the shard takes is durable, or failed.
+    SnapshotWritten(SnapshotId, Result<(), String>),
+    /// A snapshot a leader streamed is staged and durable: its offer and its state machine.
+    SnapshotStaged(GroupId, Message, KvMachine),
+    /// A transfer of a snapshot to a follower ended.
+    SnapshotSent(GroupId, NodeId, SnapshotStatus),
 }
 
 /// What one core sends another of the same node.

@@ -17,13 +17,14 @@ use flatbuffers::FlatBufferBuilder;
 use glommio::channels::local_channel::LocalReceiver;
 
 use crate::constants::{SHUTDOWN_DRAIN_MS, TICKS_PER_WAKE_MAX};
-use crate::ids::{GroupId, NodeId};
+use crate::ids::{GroupId, LogIndex, NodeId};
 use crate::log::{Log, fold_appends};
 use crate::raft::types::{Fetch, Persist};
 use crate::reactor::context::{CoreContext, Input, MeshMessage};
 use crate::reactor::disk::DmaDisk;
 use crate::reactor::peer::{PeerLink, encode_frame};
 use crate::reactor::shard_api::{ShardCore, ShardOutput, WalTicket};
+use crate::reactor::snapshots::{SnapshotJob, Snapshots};
 use crate::wire::FrameHeader;
 use crate::wire::client::{ClientResponse, encode_response};
 
@@ -34,6 +35,8 @@ pub const EXIT_WAL_FAILED: i32 = 3;
 pub enum WalJob {
     Append(WalTicket, Vec<(GroupId, Persist)>),
     Fetch(GroupId, Fetch),
+    /// The group's entries up to the index are folded into a snapshot the core keeps.
+    Compact(GroupId, LogIndex),
 }
 
 /// The queue of the WAL task and the count of appends not yet durable.
@@ -75,6 +78,7 @@ pub async fn run_wal(
     queue: Rc<WalQueue>,
     ring: LocalReceiver<()>,
 ) {
+    let mut purge_wanted = false;
     while ring.recv().await.is_some() {
         loop {
             let job = queue.jobs.borrow_mut().pop_front();
@@ -118,6 +122,20 @@ pub async fn run_wal(
                     Ok(entries) => context.push(Input::Fetched(group, entries)),
                     Err(error) => wal_failed("read back", &error),
                 },
+                WalJob::Compact(group, index) => {
+                    log.compact(group, index);
+                    purge_wanted = true;
+                }
+            }
+        }
+        // Off the latency path: nothing else is queued. Segments holding only compacted
+        // entries are recycled into spares or removed.
+        if purge_wanted && queue.jobs.borrow().is_empty() {
+            purge_wanted = false;
+            match log.purge().await {
+                Ok(0) => {}
+                Ok(freed) => tracing::debug!(freed, "WAL segments freed after compaction"),
+                Err(error) => wal_failed("purge", &error),
             }
         }
         // Off the latency path: nothing else is queued.
@@ -191,6 +209,7 @@ pub struct DriverLinks {
     /// Indexed by peer node.
     pub peers: HashMap<NodeId, Rc<PeerLink>>,
     pub wal: Rc<WalQueue>,
+    pub snapshots: Rc<Snapshots>,
 }
 
 /// The driver loop: returns once a stop was requested, the shard has drained (or the drain
@@ -214,8 +233,14 @@ pub async fn run_driver<S: ShardCore>(
                         shard.tick();
                     }
                 }
-                Input::Peer(batch, permit) => {
+                Input::Peer(mut batch, permit) => {
                     let from = batch.from;
+                    for chunk in batch.snapshot_chunks.drain(..) {
+                        links.snapshots.handle(SnapshotJob::Chunk(from, chunk));
+                    }
+                    for ack in batch.snapshot_acks.drain(..) {
+                        links.snapshots.handle(SnapshotJob::Ack(from, ack));
+                    }
                     if let Err(error) = shard.on_peer_batch(batch) {
                         tracing::warn!(peer = %from,
                             %error, "batch from a peer refused");
@@ -227,6 +252,12 @@ pub async fn run_driver<S: ShardCore>(
                 }
                 Input::WalDurable(ticket) => shard.on_wal_durable(ticket),
                 Input::Fetched(group, entries) => shard.on_fetched(group, entries),
+                Input::SnapshotChunkWritten(id) => shard.on_snapshot_chunk_written(id),
+                Input::SnapshotWritten(id, result) => shard.on_snapshot_written(id, result),
+                Input::SnapshotStaged(group, offer, machine) => {
+                    shard.on_snapshot_staged(group, offer, machine)
+                }
+                Input::SnapshotSent(group, to, status) => shard.on_snapshot_sent(group, to, status),
                 Input::Stop => {
                     tracing::info!(
                         "stop requested: handing over leaderships, finishing WAL writes"
@@ -299,6 +330,15 @@ fn dispatch(
             None => tracing::error!(peer = %batch.to,
                 "the shard addressed a node that is not in --peers (a bug; please report it)"),
         }
+    }
+    for (group, index) in out.wal_compactions.drain(..) {
+        links.wal.push(WalJob::Compact(group, index));
+    }
+    for write in out.snapshot_writes.drain(..) {
+        links.snapshots.handle(SnapshotJob::Write(write));
+    }
+    for (group, offer) in out.snapshot_offers.drain(..) {
+        links.snapshots.handle(SnapshotJob::Offer(group, offer));
     }
     if let Some((ticket, persists)) = out.wal_append.take() {
         links.wal.push(WalJob::Append(ticket, persists));

@@ -109,6 +109,33 @@ fn log_event(event: ShardEvent) {
                 "a peer forwarded a request that does not decode: run the same ringraft \
                  version on every node");
         }
+        ShardEvent::SnapshotTaken { group, term, index } => {
+            tracing::info!(%group, %term, %index, "snapshot taken; log compacted");
+        }
+        ShardEvent::SnapshotFailed {
+            group,
+            term,
+            index,
+            reason,
+        } => {
+            tracing::warn!(%group, %term, %index, %reason,
+                "taking a snapshot failed; retrying later (the log keeps growing until one \
+                 succeeds: check the disk and free space in the data directory)");
+        }
+        ShardEvent::SnapshotInstalled { group, term, index } => {
+            tracing::info!(%group, %term, %index,
+                "installed the leader's snapshot: the group's state is the snapshot's");
+        }
+        ShardEvent::SnapshotRefused {
+            group,
+            term,
+            index,
+            reason,
+        } => {
+            tracing::warn!(%group, %term, %index, %reason,
+                "the group refused a snapshot received from its leader; the leader offers \
+                 one again");
+        }
     }
 }
 

@@ -18,4 +18,5 @@ pub mod resp;
 pub mod server;
 pub mod shard_api;
 pub mod signals;
+pub mod snapshots;
 pub mod snapstore;

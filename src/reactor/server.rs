@@ -28,7 +28,10 @@ use thiserror::Error;
 use crate::constants::{
     MESH_CHANNEL_CAPACITY, PEER_BIND_RETRY_MS, REQUEST_TIMEOUT_MS, SHUTDOWN_LINGER_MS,
 };
-use crate::ids::{CoreId, NodeId, Ticks};
+use std::collections::HashMap;
+
+use crate::ids::{CoreId, GroupId, LogIndex, NodeId, Ticks};
+use crate::kv::store::SnapshotStore;
 use crate::log::{Log, WalConfig};
 use crate::reactor::client::run_client_listener;
 use crate::reactor::context::{CoreContext, CoreIdentity, Input, MeshMessage, StatusBoard};
@@ -42,7 +45,11 @@ use crate::reactor::peer::{
     spawn_link,
 };
 use crate::reactor::resp::run_resp_listener;
-use crate::reactor::shard_api::{ShardConfig, ShardCore, ShardFactory};
+use crate::reactor::shard_api::{
+    GroupRestart, ShardConfig, ShardCore, ShardFactory, SnapshotPolicy,
+};
+use crate::reactor::snapshots::Snapshots;
+use crate::reactor::snapstore::{DmaSnapshotStore, restore_newest};
 use crate::server::ServerConfig;
 
 #[derive(Debug, Error)]
@@ -70,6 +77,12 @@ pub enum ServerError {
     },
     #[error("core {core}: connecting the channels between cores failed")]
     Mesh { core: CoreId },
+    #[error("core {core}: snapshots in {dir}: {detail}")]
+    Snapshots {
+        core: CoreId,
+        dir: PathBuf,
+        detail: String,
+    },
 }
 
 /// Server settings that are not part of the operator's `ServerConfig`.
@@ -79,6 +92,10 @@ pub struct ServerOptions {
     pub wal_segment_bytes: u64,
     /// Seed of the shards' randomness (election timeouts); mixed with node and core.
     pub seed: u64,
+    /// A group takes a snapshot after this many applied entries (0: never).
+    pub snapshot_entries: u64,
+    /// Bytes per second one core may spend sending snapshots to followers.
+    pub snapshot_send_bytes_per_second: u64,
 }
 
 /// Runs the server until it is stopped; returns once every core has stopped.
@@ -215,12 +232,38 @@ async fn run_core<S: ShardCore + 'static>(setup: CoreSetup<S>) -> Result<(), Ser
         executor.create_task_queue(Shares::Static(500), Latency::NotImportant, "client");
     let (log, restored) = open_wal(config, setup.options, core).await?;
     let nodes: Vec<NodeId> = config.peers.nodes().collect();
-    let shard = (setup.factory)(shard_config(config, setup.options, core), &|group| {
-        restored
+    let snap_dir = crate::reactor::snapstore::snapshot_dir(&config.data_dir, core);
+    let snapshot_error = |detail: String| ServerError::Snapshots {
+        core,
+        dir: snap_dir.clone(),
+        detail,
+    };
+    let store = DmaSnapshotStore::open(&snap_dir)
+        .await
+        .map_err(|error| snapshot_error(error.to_string()))?;
+    let shard_config = shard_config(config, setup.options, core, store.alignment());
+    let mut restarts = HashMap::new();
+    let started = Instant::now();
+    for group in shard_config.groups() {
+        let wal = restored
             .iter()
             .find(|(g, _)| *g == group)
-            .map(|(_, r)| r.clone())
-    });
+            .map(|(_, r)| r.clone());
+        let restart = restore_group(&store, group, wal)
+            .await
+            .map_err(|error| snapshot_error(error.to_string()))?;
+        restarts.insert(group, restart);
+    }
+    if restarts.values().any(|r| r.snapshot.is_some()) {
+        tracing::info!(
+            millis = started.elapsed().as_millis() as u64,
+            "snapshots loaded"
+        );
+    }
+    let shard = (setup.factory)(shard_config, &mut |group| {
+        restarts.remove(&group).unwrap_or_default()
+    })
+    .map_err(|error| snapshot_error(error.to_string()))?;
     let identity = CoreIdentity {
         node: config.node,
         core,
@@ -281,6 +324,13 @@ async fn run_core<S: ShardCore + 'static>(setup: CoreSetup<S>) -> Result<(), Ser
             ),
         );
     }
+    let snapshots = Snapshots::start(
+        context.clone(),
+        Rc::new(store),
+        peers.clone(),
+        setup.options.snapshot_send_bytes_per_second,
+        raft_queue,
+    );
     let (wal_queue, wal_ring) = WalQueue::new();
     spawn(
         run_wal(context.clone(), log, wal_queue.clone(), wal_ring),
@@ -291,6 +341,7 @@ async fn run_core<S: ShardCore + 'static>(setup: CoreSetup<S>) -> Result<(), Ser
     let links = DriverLinks {
         peers,
         wal: wal_queue,
+        snapshots,
     };
     let driver =
         glommio::spawn_local_into(run_driver(context.clone(), shard, links, ring), raft_queue)
@@ -350,7 +401,12 @@ fn spawn<F: std::future::Future<Output = ()> + 'static>(
     }
 }
 
-fn shard_config(config: &ServerConfig, options: ServerOptions, core: CoreId) -> ShardConfig {
+fn shard_config(
+    config: &ServerConfig,
+    options: ServerOptions,
+    core: CoreId,
+    snapshot_alignment: usize,
+) -> ShardConfig {
     let tick_ms = config.timing.tick.as_millis().max(1);
     let request_timeout_ticks = u32::try_from(u128::from(REQUEST_TIMEOUT_MS) / tick_ms)
         .unwrap_or(u32::MAX)
@@ -365,7 +421,40 @@ fn shard_config(config: &ServerConfig, options: ServerOptions, core: CoreId) -> 
         heartbeat_interval_ticks: config.timing.heartbeat_interval_ticks,
         request_timeout_ticks: Ticks(request_timeout_ticks),
         seed: options.seed ^ config.node.0.rotate_left(32) ^ u64::from(core.0),
+        snapshot: SnapshotPolicy {
+            entries: options.snapshot_entries,
+            alignment: snapshot_alignment,
+        },
     }
+}
+
+/// Loads the newest snapshot of `group` that decodes (logging the ones skipped) and lists
+/// the files kept at or below it.
+async fn restore_group(
+    store: &DmaSnapshotStore,
+    group: GroupId,
+    wal: Option<crate::log::recovery::RestoredGroup>,
+) -> Result<GroupRestart, crate::kv::store::StoreError> {
+    let loaded = restore_newest(store, group).await?;
+    let Some((id, restored)) = loaded.restored else {
+        return Ok(GroupRestart {
+            wal,
+            ..GroupRestart::default()
+        });
+    };
+    let mut kept: Vec<LogIndex> = store
+        .list(group)
+        .await?
+        .into_iter()
+        .map(|other| other.last.index)
+        .filter(|&index| index <= id.last.index)
+        .collect();
+    kept.sort_unstable();
+    Ok(GroupRestart {
+        wal,
+        snapshot: Some(restored),
+        kept,
+    })
 }
 
 type Restored = Vec<(crate::ids::GroupId, crate::log::recovery::RestoredGroup)>;

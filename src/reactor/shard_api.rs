@@ -6,15 +6,16 @@
 //! It owns no decisions: the shard decides, the reactor executes. It must not name glommio,
 //! so the driver's contract with the shard can be read (and replaced in a test) on its own.
 
-use crate::ids::GroupId;
-use crate::log::recovery::RestoredGroup;
-use crate::raft::types::Entry;
+use crate::ids::{GroupId, NodeId};
+use crate::kv::KvMachine;
+use crate::kv::store::SnapshotId;
+use crate::raft::types::{Entry, Message, SnapshotStatus};
 use crate::shard::Batch;
 use crate::wire::client::{ClientRequest, GroupStatus};
 
 pub use crate::shard::core::{
-    Origin, RequestFailure, Shard, ShardConfig, ShardEvent, ShardOutput, WalTicket, core_of_group,
-    group_of_key,
+    GroupRestart, Origin, RequestFailure, RestartError, Shard, ShardConfig, ShardEvent,
+    ShardOutput, SnapshotPolicy, SnapshotWrite, WalTicket, core_of_group, group_of_key,
 };
 
 /// The per-core Multi-Raft orchestrator as the reactor drives it.
@@ -28,6 +29,14 @@ pub trait ShardCore {
     /// In ticket order.
     fn on_wal_durable(&mut self, ticket: WalTicket);
     fn on_fetched(&mut self, group: GroupId, entries: Vec<Entry>);
+    /// The snapshot writer wrote one chunk of `id`.
+    fn on_snapshot_chunk_written(&mut self, id: SnapshotId);
+    /// A snapshot the shard takes is durable under its name, or failed.
+    fn on_snapshot_written(&mut self, id: SnapshotId, result: Result<(), String>);
+    /// Every byte of a snapshot a leader offered is staged durably and decoded.
+    fn on_snapshot_staged(&mut self, group: GroupId, offer: Message, machine: KvMachine);
+    /// A transfer of a snapshot to `to` ended.
+    fn on_snapshot_sent(&mut self, group: GroupId, to: NodeId, status: SnapshotStatus);
     /// Hand leaderships to up-to-date peers; new requests get `ShuttingDown`.
     fn begin_shutdown(&mut self);
     fn is_drained(&self) -> bool;
@@ -60,6 +69,22 @@ impl ShardCore for Shard {
         Shard::on_fetched(self, group, entries);
     }
 
+    fn on_snapshot_chunk_written(&mut self, id: SnapshotId) {
+        Shard::on_snapshot_chunk_written(self, id);
+    }
+
+    fn on_snapshot_written(&mut self, id: SnapshotId, result: Result<(), String>) {
+        Shard::on_snapshot_written(self, id, result);
+    }
+
+    fn on_snapshot_staged(&mut self, group: GroupId, offer: Message, machine: KvMachine) {
+        Shard::on_snapshot_staged(self, group, offer, machine);
+    }
+
+    fn on_snapshot_sent(&mut self, group: GroupId, to: NodeId, status: SnapshotStatus) {
+        Shard::on_snapshot_sent(self, group, to, status);
+    }
+
     fn begin_shutdown(&mut self) {
         Shard::begin_shutdown(self);
     }
@@ -88,14 +113,17 @@ impl ShardCore for Shard {
 /// The production shard, as a `ShardFactory`.
 pub fn new_shard(
     config: ShardConfig,
-    restored: &dyn Fn(GroupId) -> Option<RestoredGroup>,
-) -> Shard {
+    restored: &mut dyn FnMut(GroupId) -> GroupRestart,
+) -> Result<Shard, RestartError> {
     Shard::new(config, restored)
 }
 
-/// Builds a core's shard from its configuration and what the WAL restored.
-pub type ShardFactory<S> =
-    fn(config: ShardConfig, restored: &dyn Fn(GroupId) -> Option<RestoredGroup>) -> S;
+/// Builds a core's shard from its configuration and what each group restarts from (its
+/// newest snapshot and the WAL).
+pub type ShardFactory<S> = fn(
+    config: ShardConfig,
+    restored: &mut dyn FnMut(GroupId) -> GroupRestart,
+) -> Result<S, RestartError>;
 
 #[cfg(test)]
 mod tests {

@@ -20,17 +20,24 @@ use thiserror::Error;
 
 use crate::ids::{CoreId, EntryId, GroupId, LogIndex, NodeId, Term, Ticks};
 use crate::kv::{Command, KvMachine, Outcome};
-use crate::log::RestoredGroup;
 use crate::prng::Prng;
 use crate::raft::{
-    Entry, EntryKind, Fetch, Membership, Persist, PersistPosition, ProposeError, RaftConfig,
-    RaftNode, ReadContext, ReadIndexError, RestoredState, RoleKind, SoftState, TransferError,
+    Entry, EntryKind, Fetch, Membership, Message, Persist, PersistPosition, ProposeError,
+    RaftConfig, RaftNode, ReadContext, ReadIndexError, RoleKind, SoftState, TransferError,
 };
 use crate::shard::multi::{MultiRaft, MultiRaftError, RoundOutput};
+
+mod snapshots;
+
 use crate::wire::batch::{Batch, Forward};
 use crate::wire::client::{
     ClientOp, ClientRequest, ClientResponse, ErrorCode, GroupStatus, Reply, ReplyKind, RequestId,
     decode_request, decode_response, encode_response,
+};
+use snapshots::GroupSnapshots;
+pub use snapshots::{
+    GroupRestart, Restart, RestartError, SNAPSHOT_CHUNKS_AHEAD_MAX, SnapshotPolicy, SnapshotWrite,
+    restart_state,
 };
 
 /// Nodes a forwarded write may pass through before it is refused (leadership moving while it
@@ -73,6 +80,7 @@ pub struct ShardConfig {
     /// A request not answered within this many ticks is answered `Timeout`.
     pub request_timeout_ticks: Ticks,
     pub seed: u64,
+    pub snapshot: SnapshotPolicy,
 }
 
 impl ShardConfig {
@@ -113,6 +121,15 @@ pub struct ShardOutput {
     /// What happened to this core's groups since the last round, for the operator's log
     /// (this room does not log: the driver does, with the real time).
     pub events: Vec<ShardEvent>,
+    /// Steps of the snapshots this core takes, for the snapshot writer, in order.
+    pub snapshot_writes: Vec<SnapshotWrite>,
+    /// A leader's offers of a snapshot to a follower (`InstallSnapshot`): stream the group's
+    /// snapshot file ending at the offer's `last` to `to`, step the offer there once every
+    /// byte is staged, and report the end of the transfer with `on_snapshot_sent`.
+    pub snapshot_offers: Vec<(GroupId, Message)>,
+    /// The WAL no longer needs the entries of these groups up to these indices (folded into
+    /// snapshots the core keeps): compact them, in order with the appends.
+    pub wal_compactions: Vec<(GroupId, LogIndex)>,
 }
 
 impl ShardOutput {
@@ -122,6 +139,9 @@ impl ShardOutput {
         self.replies.clear();
         self.fetches.clear();
         self.events.clear();
+        self.snapshot_writes.clear();
+        self.snapshot_offers.clear();
+        self.wal_compactions.clear();
     }
 }
 
@@ -185,6 +205,32 @@ pub enum ShardEvent {
     },
     /// A peer forwarded a request whose bytes do not decode.
     BadForward { from: NodeId, error: String },
+    /// A snapshot of the group at `index` is durable; the log is compacted (thesis §5).
+    SnapshotTaken {
+        group: GroupId,
+        term: Term,
+        index: LogIndex,
+    },
+    /// Taking a snapshot at `index` failed; it is tried again later.
+    SnapshotFailed {
+        group: GroupId,
+        term: Term,
+        index: LogIndex,
+        reason: String,
+    },
+    /// A snapshot received from the leader, ending at `index`, is the group's state now.
+    SnapshotInstalled {
+        group: GroupId,
+        term: Term,
+        index: LogIndex,
+    },
+    /// A snapshot received from the leader was refused by the group's Raft core.
+    SnapshotRefused {
+        group: GroupId,
+        term: Term,
+        index: LogIndex,
+        reason: String,
+    },
 }
 
 /// Why client requests of a group failed (see `ShardEvent::RequestsFailed`).
@@ -270,6 +316,7 @@ enum WaiterKey {
 struct GroupState {
     machine: KvMachine,
     soft: SoftState,
+    snapshots: GroupSnapshots,
 }
 
 pub struct Shard {
@@ -299,6 +346,12 @@ pub struct Shard {
     last_heard_ticks: Vec<Option<u64>>,
     events: Vec<ShardEvent>,
     builder: FlatBufferBuilder<'static>,
+    /// Groups with a snapshot in progress.
+    taking_count: usize,
+    /// Compactions decided since the last round, for the WAL.
+    wal_compactions: Vec<(GroupId, LogIndex)>,
+    /// Groups whose staged snapshot's offer was stepped since the last round.
+    staged_groups: Vec<GroupId>,
 }
 
 /// A leader transfer this node asked for while stopping (thesis §3.10).
@@ -312,10 +365,13 @@ struct TransferAttempt {
 }
 
 impl Shard {
-    /// The shard of `config.core`, its groups restored from the WAL where it holds them and
-    /// bootstrapped with every node as a voter where it does not. State machines start empty
-    /// and are rebuilt by applying the committed log again (snapshots come later).
-    pub fn new(config: ShardConfig, restored: &dyn Fn(GroupId) -> Option<RestoredGroup>) -> Shard {
+    /// The shard of `config.core`, each group restarted from its newest snapshot and the
+    /// WAL's tail (`restart_state`), or bootstrapped with every node as a voter where nothing
+    /// is stored. State machines are rebuilt by applying the committed log after the snapshot.
+    pub fn new(
+        config: ShardConfig,
+        restored: &mut dyn FnMut(GroupId) -> GroupRestart,
+    ) -> Result<Shard, RestartError> {
         assert!(
             config.nodes.contains(&config.node),
             "shard: node {} not in {:?}",
@@ -327,16 +383,18 @@ impl Shard {
         let mut multi = MultiRaft::with_capacity(config.node, group_ids.len(), config.groups_total);
         let mut seeds = Prng::new(config.seed ^ (u64::from(config.core.0) << 32) ^ config.node.0);
         let mut groups = Vec::with_capacity(group_ids.len());
+        let mut wal_compactions = Vec::new();
         for &group in &group_ids {
             assert_eq!(
                 config.local_index(group),
                 groups.len(),
                 "shard: group {group} out of order"
             );
-            let state = match restored(group) {
-                Some(found) => restored_state(found, membership.clone()),
-                None => RestoredState::bootstrap(membership.clone()),
-            };
+            let restart = restart_state(group, restored(group), membership.clone())?;
+            let state = restart.state;
+            if let Some(index) = restart.wal_compaction {
+                wal_compactions.push((group, index));
+            }
             let soft = SoftState {
                 role: RoleKind::Follower,
                 term: state.hard_state.term,
@@ -349,13 +407,19 @@ impl Shard {
             multi
                 .add_group(group, raft)
                 .unwrap_or_else(|e| panic!("shard: adding group {group}: {e}"));
+            let snapshots = GroupSnapshots {
+                kept: restart.kept,
+                applied_term: restart.applied_term,
+                ..GroupSnapshots::default()
+            };
             groups.push(GroupState {
-                machine: KvMachine::new(),
+                machine: restart.machine,
                 soft,
+                snapshots,
             });
         }
         let last_heard_ticks = vec![None; config.nodes.len()];
-        Shard {
+        Ok(Shard {
             config,
             multi,
             groups,
@@ -377,7 +441,10 @@ impl Shard {
             last_heard_ticks,
             events: Vec::new(),
             builder: FlatBufferBuilder::new(),
-        }
+            taking_count: 0,
+            wal_compactions,
+            staged_groups: Vec::new(),
+        })
     }
 
     pub fn config(&self) -> &ShardConfig {
@@ -474,7 +541,10 @@ impl Shard {
     }
 
     pub fn has_work(&self) -> bool {
-        self.multi.has_work() || !self.outgoing_forwards.is_empty() || !self.replies.is_empty()
+        self.multi.has_work()
+            || !self.outgoing_forwards.is_empty()
+            || !self.replies.is_empty()
+            || self.snapshot_has_work()
     }
 
     /// Requests this core is waiting on.
@@ -508,6 +578,17 @@ impl Shard {
         for (group, soft) in round.soft_states.drain(..) {
             self.on_soft_state(group, soft);
         }
+        for index in 0..round.persists.len() {
+            if let Some(meta) = round.persists[index].persist.snapshot.clone() {
+                self.install_staged(round.persists[index].group, &meta, out);
+            }
+        }
+        // A staged snapshot whose offer the group did not take is dropped.
+        for group in std::mem::take(&mut self.staged_groups) {
+            self.group_state(group).snapshots.staged = None;
+        }
+        // Compactions go to the WAL before this round's append: both are in order there.
+        out.wal_compactions.append(&mut self.wal_compactions);
         if !round.persists.is_empty() {
             let ticket = WalTicket(self.next_ticket);
             self.next_ticket += 1;
@@ -534,6 +615,9 @@ impl Shard {
         }
         out.fetches.append(&mut round.fetches);
         out.batches.append(&mut round.batches);
+        out.snapshot_offers.append(&mut round.snapshot_offers);
+        self.snapshot_steps(out);
+        out.wal_compactions.append(&mut self.wal_compactions);
         self.round_output = round;
         self.attach_forwards(&mut out.batches);
         out.replies.append(&mut self.replies);
@@ -660,7 +744,9 @@ impl Shard {
         };
         for entry in entries {
             let outcome = {
-                let machine = &mut self.group_state(group).machine;
+                let state = self.group_state(group);
+                state.snapshots.applied_term = entry.term();
+                let machine = &mut state.machine;
                 match entry.kind {
                     EntryKind::Command => Some(machine.apply(entry.index(), &entry.data)),
                     EntryKind::Empty | EntryKind::Membership => {
@@ -685,6 +771,7 @@ impl Shard {
         self.multi
             .on_applied(group, last)
             .unwrap_or_else(|e| panic!("shard: applied {last} of group {group}: {e}"));
+        self.maybe_start_snapshot(group);
     }
 
     fn serve_read(&mut self, group: GroupId, context: ReadContext) {
@@ -1119,22 +1206,5 @@ fn outcome_reply(outcome: Outcome) -> Reply {
             code: ErrorCode::BadRequest,
             message: error.to_string(),
         },
-    }
-}
-
-/// The Raft core's restart state from what the WAL recovered. The state machine is rebuilt
-/// from the log, so nothing counts as applied beyond a snapshot.
-fn restored_state(found: RestoredGroup, membership: Membership) -> RestoredState {
-    let applied = found
-        .snapshot
-        .as_ref()
-        .map_or(LogIndex::ZERO, |s| s.last.index);
-    RestoredState {
-        hard_state: found.hard_state.unwrap_or_default(),
-        membership,
-        snapshot: found.snapshot,
-        term_runs: found.term_runs,
-        last_index: found.last_index,
-        applied,
     }
 }

@@ -13,7 +13,9 @@ use bytes::Bytes;
 
 use crate::constants::{GROUP_ID_LIMIT, GROUPS_PER_CORE_MAX};
 use crate::ids::{EntryId, GroupId, LogIndex, NodeId};
-use crate::raft::{Entry, Fetch, Message, Persist, PersistPosition, ReadState, Ready, SoftState};
+use crate::raft::{
+    Entry, Fetch, Message, MessageBody, Persist, PersistPosition, ReadState, Ready, SoftState,
+};
 use crate::shard::batch::{Batch, BatchAssembler, BatchError};
 use crate::shard::group::RaftGroup;
 
@@ -73,6 +75,9 @@ pub struct RoundOutput {
     pub read_states: Vec<(GroupId, ReadState)>,
     pub fetches: Vec<(GroupId, Fetch)>,
     pub soft_states: Vec<(GroupId, SoftState)>,
+    /// A leader's `InstallSnapshot` offers: not sent in a batch, because the snapshot's data
+    /// must reach the follower first; the caller streams it and steps the offer there.
+    pub snapshot_offers: Vec<(GroupId, Message)>,
 }
 
 impl RoundOutput {
@@ -92,6 +97,7 @@ impl RoundOutput {
         self.read_states.clear();
         self.fetches.clear();
         self.soft_states.clear();
+        self.snapshot_offers.clear();
     }
 }
 
@@ -418,7 +424,11 @@ impl<G: RaftGroup> MultiRaft<G> {
         let durable = state.persisted >= state.persist_requested;
         let position = state.persist_requested;
         for message in ready.messages {
-            self.assembler.push(group, message);
+            if matches!(message.body, MessageBody::InstallSnapshot { .. }) {
+                out.snapshot_offers.push((group, message));
+            } else {
+                self.assembler.push(group, message);
+            }
         }
         if !ready.messages_after_persist.is_empty() {
             if durable {

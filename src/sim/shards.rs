@@ -16,7 +16,8 @@ use crate::log::{Log, WalConfig};
 use crate::prng::Prng;
 use crate::raft::Persist;
 use crate::shard::core::{
-    Origin, Shard, ShardConfig, ShardEvent, ShardOutput, WalTicket, core_of_group, group_of_key,
+    GroupRestart, Origin, Shard, ShardConfig, ShardEvent, ShardOutput, SnapshotPolicy, WalTicket,
+    core_of_group, group_of_key,
 };
 use crate::sim::disk::{SimDisk, block_on};
 use crate::wire::batch::Batch;
@@ -135,6 +136,12 @@ impl ShardSim {
             heartbeat_interval_ticks: Ticks(2),
             request_timeout_ticks: Ticks(self.config.request_timeout_ticks),
             seed: self.config.seed,
+            // The simulated cores keep their whole log: snapshots are simulated by the
+            // group-level cluster (sim/cluster.rs).
+            snapshot: SnapshotPolicy {
+                entries: 0,
+                alignment: 512,
+            },
         }
     }
 
@@ -152,7 +159,13 @@ impl ShardSim {
                 panic!("seed {}: node {node} core {core}: {e}", self.config.seed)
             });
             let config = self.shard_config(node, CoreId(core as u16));
-            let shard = Shard::new(config, &|group| log.restored(group));
+            let mut restart = |group| GroupRestart {
+                wal: log.restored(group),
+                ..GroupRestart::default()
+            };
+            let shard = Shard::new(config, &mut restart).unwrap_or_else(|e| {
+                panic!("seed {}: node {node} core {core}: {e}", self.config.seed)
+            });
             cores.push(SimCore {
                 shard,
                 log,

@@ -1,0 +1,605 @@
+//! Snapshots of the core's groups (thesis chapter 5) as the shard decides them: when a group
+//! takes one (after `SnapshotPolicy::entries` applied entries), its bytes produced in steps
+//! from a frozen view of the state machine while apply goes on, the Raft log and the WAL
+//! compacted once the file is durable; a leader's offers of a snapshot to a follower (the
+//! reactor streams the file); a follower installing a snapshot the reactor staged; and how a
+//! group restarts from its newest snapshot and the WAL's tail.
+//!
+//! Compaction goes to the OLDER of the snapshots kept (`SNAPSHOTS_KEPT`), not the newest:
+//! the log keeps the entries after it, so a newest file found corrupt at restart is replaced
+//! by the older one and the log replayed from there. The log holds between one and two
+//! thresholds of entries.
+//!
+//! Pure like the rest of the shard: files, streaming and timing are the reactor's.
+
+use std::collections::VecDeque;
+
+use thiserror::Error;
+
+use super::{Shard, ShardEvent, ShardOutput};
+use crate::constants::SNAPSHOTS_KEPT;
+use crate::ids::{EntryId, GroupId, LogIndex, NodeId, Term};
+use crate::kv::KvMachine;
+use crate::kv::snapshot::{EncodeStatus, Restored, SnapshotEncoder};
+use crate::kv::store::SnapshotId;
+use crate::log::RestoredGroup;
+use crate::raft::{Membership, Message, MessageBody, RestoredState, SnapshotMeta, SnapshotStatus};
+
+/// Ticks a group waits before it tries again after a snapshot failed.
+pub const SNAPSHOT_RETRY_TICKS: u64 = 100;
+/// Chunks of a snapshot handed to the writer and not yet written, per group: enough to keep
+/// the disk busy, few enough that memory stays at a few steps.
+pub const SNAPSHOT_CHUNKS_AHEAD_MAX: usize = 2;
+
+/// How the core's groups take snapshots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotPolicy {
+    /// A group takes a snapshot once it has applied this many entries since its last one;
+    /// 0: never (the log grows without bound).
+    pub entries: u64,
+    /// The direct-I/O alignment snapshot files are padded to.
+    pub alignment: usize,
+}
+
+/// One step of writing a snapshot this core takes, for the reactor's snapshot writer.
+#[derive(Debug)]
+pub enum SnapshotWrite {
+    /// Append `chunk` to the file of `id` (the first chunk creates it). `last`: the file is
+    /// complete; make it durable, then report `on_snapshot_written`. Every chunk is answered
+    /// with `on_snapshot_chunk_written`.
+    Chunk {
+        id: SnapshotId,
+        chunk: Vec<u8>,
+        last: bool,
+    },
+    /// Give the file up and remove it: the group's state was replaced meanwhile.
+    Abort { id: SnapshotId },
+}
+
+/// What a group restarts from.
+#[derive(Debug, Default)]
+pub struct GroupRestart {
+    /// What the WAL holds of the group.
+    pub wal: Option<RestoredGroup>,
+    /// The newest snapshot file of the group that loaded.
+    pub snapshot: Option<Restored>,
+    /// The indices of the group's snapshot files at or below the loaded one, oldest first.
+    pub kept: Vec<LogIndex>,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum RestartError {
+    #[error(
+        "group {group}: the WAL records a snapshot installed at index {mark}, but no snapshot \
+         file at or past it loads (newest that loads: {loaded}); this node's copy of the group \
+         is lost: remove the node's data directory so it rejoins from its peers"
+    )]
+    SnapshotMissing {
+        group: GroupId,
+        mark: LogIndex,
+        loaded: LogIndex,
+    },
+    #[error(
+        "group {group}: the WAL holds entries from index {first}, but the newest snapshot file \
+         that loads ends at {loaded}: the entries in between are gone; remove the node's data \
+         directory so it rejoins from its peers"
+    )]
+    Gap {
+        group: GroupId,
+        first: LogIndex,
+        loaded: LogIndex,
+    },
+}
+
+/// A group's restart state, its state machine, the snapshots it keeps and the point its WAL
+/// compacts to.
+#[derive(Debug)]
+pub struct Restart {
+    pub state: RestoredState,
+    pub machine: KvMachine,
+    pub kept: VecDeque<LogIndex>,
+    pub wal_compaction: Option<LogIndex>,
+    /// The term of the last entry the machine applied.
+    pub applied_term: Term,
+}
+
+/// Combines the WAL's view of a group with its newest loadable snapshot (thesis §5.1): the
+/// state machine starts from the snapshot, the log holds the WAL's entries after it. WAL
+/// entries that disagree with the snapshot (an uncommitted suffix of an older term) are
+/// dropped; a WAL that cannot continue the snapshot is an error naming what is missing.
+pub fn restart_state(
+    group: GroupId,
+    restart: GroupRestart,
+    membership: Membership,
+) -> Result<Restart, RestartError> {
+    let GroupRestart {
+        wal,
+        snapshot,
+        kept,
+    } = restart;
+    let wal = wal.unwrap_or_default();
+    let Some(restored) = snapshot else {
+        if let Some(mark) = &wal.snapshot {
+            return Err(RestartError::SnapshotMissing {
+                group,
+                mark: mark.last.index,
+                loaded: LogIndex::ZERO,
+            });
+        }
+        let state = RestoredState {
+            hard_state: wal.hard_state.unwrap_or_default(),
+            membership,
+            snapshot: None,
+            term_runs: wal.term_runs,
+            last_index: wal.last_index,
+            applied: LogIndex::ZERO,
+        };
+        return Ok(Restart {
+            state,
+            machine: KvMachine::new(),
+            kept: VecDeque::new(),
+            wal_compaction: None,
+            applied_term: Term(0),
+        });
+    };
+    let meta = restored.header.meta;
+    let loaded = meta.last.index;
+    let applied_term = meta.last.term;
+    if let Some(mark) = &wal.snapshot
+        && mark.last.index > loaded
+    {
+        return Err(RestartError::SnapshotMissing {
+            group,
+            mark: mark.last.index,
+            loaded,
+        });
+    }
+    let first = wal.first_index.unwrap_or(wal.last_index.next());
+    if first > loaded.next() && wal.last_index > loaded {
+        return Err(RestartError::Gap {
+            group,
+            first,
+            loaded,
+        });
+    }
+    // The WAL's term at the snapshot's index: the run holding it.
+    let term_at_snapshot = wal
+        .term_runs
+        .iter()
+        .rev()
+        .find(|run| run.index <= loaded)
+        .map(|run| run.term);
+    let agrees = wal.last_index > loaded && term_at_snapshot == Some(meta.last.term);
+    let (term_runs, last_index) = if agrees {
+        (runs_after(&wal.term_runs, meta.last), wal.last_index)
+    } else {
+        (Vec::new(), loaded)
+    };
+    let mut hard_state = wal.hard_state.unwrap_or_default();
+    hard_state.commit = hard_state.commit.max(loaded).min(last_index);
+    let kept: VecDeque<LogIndex> = kept.into_iter().filter(|&k| k <= loaded).collect();
+    // The log keeps the entries after the oldest kept snapshot, unless it cannot continue the
+    // loaded one: then everything up to it goes.
+    let wal_compaction = if agrees {
+        kept.front().copied().or(Some(loaded))
+    } else {
+        Some(loaded)
+    };
+    let state = RestoredState {
+        hard_state,
+        membership: meta.membership.clone(),
+        snapshot: Some(meta),
+        term_runs,
+        last_index,
+        applied: loaded,
+    };
+    Ok(Restart {
+        state,
+        machine: restored.machine,
+        kept,
+        wal_compaction,
+        applied_term,
+    })
+}
+
+/// The runs of equal terms after `last`: the run holding `last.index + 1` restarts there.
+fn runs_after(runs: &[EntryId], last: EntryId) -> Vec<EntryId> {
+    let next = last.index.next();
+    let mut after = Vec::with_capacity(runs.len());
+    if let Some(run) = runs.iter().rev().find(|run| run.index <= next) {
+        after.push(EntryId::new(run.term, next));
+    }
+    after.extend(runs.iter().filter(|run| run.index > next).copied());
+    after
+}
+
+/// A snapshot being written: the encoder walks the group's frozen view.
+#[derive(Debug)]
+pub(super) struct Taking {
+    id: SnapshotId,
+    encoder: SnapshotEncoder,
+    chunks_unwritten: usize,
+    encoded_all: bool,
+}
+
+/// Per group: what the shard knows of its snapshots.
+#[derive(Debug, Default)]
+pub(super) struct GroupSnapshots {
+    /// The indices of the snapshot files the group keeps, oldest first.
+    pub kept: VecDeque<LogIndex>,
+    pub taking: Option<Taking>,
+    /// No snapshot starts before this tick (after a failure).
+    pub retry_tick: u64,
+    /// The term of the last applied entry.
+    pub applied_term: Term,
+    /// A snapshot the reactor staged, whose offer was stepped this round: it becomes the
+    /// state machine if the group's next persist carries it.
+    pub staged: Option<(SnapshotMeta, KvMachine)>,
+}
+
+impl GroupSnapshots {
+    pub fn newest(&self) -> LogIndex {
+        self.kept.back().copied().unwrap_or(LogIndex::ZERO)
+    }
+}
+
+impl Shard {
+    /// The snapshot writer wrote one chunk of `id`.
+    pub fn on_snapshot_chunk_written(&mut self, id: SnapshotId) {
+        let snapshots = &mut self.group_state(id.group).snapshots;
+        if let Some(taking) = snapshots.taking.as_mut()
+            && taking.id == id
+        {
+            taking.chunks_unwritten = taking.chunks_unwritten.saturating_sub(1);
+        }
+    }
+
+    /// The snapshot file of `id` is durable under its name (`Ok`), or could not be written:
+    /// the Raft log and the WAL compact to the older kept snapshot; a failure is retried
+    /// later.
+    pub fn on_snapshot_written(&mut self, id: SnapshotId, result: Result<(), String>) {
+        let group = id.group;
+        let now = self.now_ticks;
+        let state = self.group_state(group);
+        let term = state.soft.term;
+        if state
+            .snapshots
+            .taking
+            .take_if(|taking| taking.id == id)
+            .is_none()
+        {
+            return;
+        }
+        self.taking_count -= 1;
+        let index = id.last.index;
+        match result {
+            Ok(()) => {
+                self.keep_snapshot(group, index);
+                self.events
+                    .push(ShardEvent::SnapshotTaken { group, term, index });
+            }
+            Err(reason) => {
+                let state = self.group_state(group);
+                if state.machine.snapshot_open() {
+                    state.machine.abort_snapshot();
+                }
+                state.snapshots.retry_tick = now + SNAPSHOT_RETRY_TICKS;
+                let event = ShardEvent::SnapshotFailed {
+                    group,
+                    term,
+                    index,
+                    reason,
+                };
+                self.events.push(event);
+            }
+        }
+    }
+
+    /// The reactor staged every byte of a snapshot a leader streamed (`offer` is its
+    /// `InstallSnapshot`, the file is durable) and decoded it into `machine`: the offer is
+    /// stepped; if the group takes it, the next persist carries it and the machine becomes the
+    /// group's state (thesis §5.1).
+    pub fn on_snapshot_staged(&mut self, group: GroupId, offer: Message, machine: KvMachine) {
+        let MessageBody::InstallSnapshot { snapshot } = &offer.body else {
+            panic!(
+                "shard: staged snapshot of group {group} with a {:?}",
+                offer.body
+            );
+        };
+        let meta = snapshot.clone();
+        let Some(state) = self.groups.get_mut(self.config.local_index(group)) else {
+            return;
+        };
+        let term = state.soft.term;
+        let index = meta.last.index;
+        state.snapshots.staged = Some((meta, machine));
+        self.staged_groups.push(group);
+        match self.multi.with_group(group, |raft| raft.step(offer)) {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => self.events.push(ShardEvent::SnapshotRefused {
+                group,
+                term,
+                index,
+                reason: error.to_string(),
+            }),
+            Err(_) => {}
+        }
+    }
+
+    /// The reactor's transfer of a snapshot to `to` ended (etcd's ReportSnapshot).
+    pub fn on_snapshot_sent(&mut self, group: GroupId, to: NodeId, status: SnapshotStatus) {
+        // A group this core does not run cannot have offered; nothing to report.
+        let _ = self
+            .multi
+            .with_group(group, |raft| raft.report_snapshot(to, status));
+    }
+
+    /// A persist of `group` carries a received snapshot: its staged machine becomes the
+    /// group's state, and a snapshot this node was taking is given up.
+    pub(super) fn install_staged(
+        &mut self,
+        group: GroupId,
+        meta: &SnapshotMeta,
+        out: &mut ShardOutput,
+    ) {
+        let term = self.group_state(group).soft.term;
+        let state = self.group_state(group);
+        let staged = state.snapshots.staged.take();
+        let Some((staged_meta, machine)) = staged else {
+            panic!(
+                "shard: group {group} installs snapshot {} with none staged",
+                meta.last
+            );
+        };
+        assert_eq!(
+            staged_meta.last, meta.last,
+            "shard: group {group} installs snapshot {} but {} is staged",
+            meta.last, staged_meta.last
+        );
+        state.machine = machine;
+        state.snapshots.applied_term = meta.last.term;
+        if let Some(taking) = state.snapshots.taking.take() {
+            out.snapshot_writes
+                .push(SnapshotWrite::Abort { id: taking.id });
+            self.taking_count -= 1;
+        }
+        self.keep_snapshot(group, meta.last.index);
+        self.events.push(ShardEvent::SnapshotInstalled {
+            group,
+            term,
+            index: meta.last.index,
+        });
+    }
+
+    /// Records a durable snapshot at `index` and compacts to the oldest one kept.
+    fn keep_snapshot(&mut self, group: GroupId, index: LogIndex) {
+        let snapshots = &mut self.group_state(group).snapshots;
+        if snapshots.kept.back().is_some_and(|&newest| newest >= index) {
+            return;
+        }
+        snapshots.kept.push_back(index);
+        while snapshots.kept.len() > SNAPSHOTS_KEPT {
+            snapshots.kept.pop_front();
+        }
+        let Some(&oldest) = snapshots.kept.front() else {
+            return;
+        };
+        if let Err(error) = self.multi.with_group(group, |raft| raft.compact(oldest)) {
+            panic!("shard: compacting group {group} to {oldest}: {error}");
+        }
+        self.wal_compactions.push((group, oldest));
+    }
+
+    /// After apply: starts a snapshot of `group` if it applied enough entries since its last.
+    pub(super) fn maybe_start_snapshot(&mut self, group: GroupId) {
+        let threshold = self.config.snapshot.entries;
+        let now = self.now_ticks;
+        let alignment = self.config.snapshot.alignment;
+        let membership = match self.multi.group(group) {
+            Some(raft) => raft.membership().clone(),
+            None => return,
+        };
+        let state = self.group_state(group);
+        let applied = state.machine.applied();
+        if threshold == 0
+            || state.snapshots.taking.is_some()
+            || state.snapshots.staged.is_some()
+            || now < state.snapshots.retry_tick
+            || applied.get() < state.snapshots.newest().get() + threshold
+        {
+            return;
+        }
+        let frozen = state
+            .machine
+            .begin_snapshot(state.snapshots.applied_term, membership);
+        let id = SnapshotId {
+            group,
+            last: frozen.meta.last,
+        };
+        match SnapshotEncoder::new(group, frozen, alignment) {
+            Ok(encoder) => {
+                state.snapshots.taking = Some(Taking {
+                    id,
+                    encoder,
+                    chunks_unwritten: 0,
+                    encoded_all: false,
+                });
+                self.taking_count += 1;
+            }
+            Err(error) => {
+                state.machine.abort_snapshot();
+                state.snapshots.retry_tick = now + SNAPSHOT_RETRY_TICKS;
+                let term = state.soft.term;
+                self.events.push(ShardEvent::SnapshotFailed {
+                    group,
+                    term,
+                    index: applied,
+                    reason: error.to_string(),
+                });
+            }
+        }
+    }
+
+    /// One encoding step of every snapshot in progress whose writer keeps up.
+    pub(super) fn snapshot_steps(&mut self, out: &mut ShardOutput) {
+        if self.taking_count == 0 {
+            return;
+        }
+        for state in &mut self.groups {
+            let Some(taking) = state.snapshots.taking.as_mut() else {
+                continue;
+            };
+            if taking.encoded_all || taking.chunks_unwritten >= SNAPSHOT_CHUNKS_AHEAD_MAX {
+                continue;
+            }
+            let mut chunk = Vec::new();
+            let status = taking.encoder.next_chunk(&mut state.machine, &mut chunk);
+            let last = status == EncodeStatus::Done;
+            taking.encoded_all = last;
+            taking.chunks_unwritten += 1;
+            out.snapshot_writes.push(SnapshotWrite::Chunk {
+                id: taking.id,
+                chunk,
+                last,
+            });
+        }
+    }
+
+    /// Whether a snapshot step could run now.
+    pub(super) fn snapshot_has_work(&self) -> bool {
+        self.taking_count > 0
+            && self.groups.iter().any(|state| {
+                state.snapshots.taking.as_ref().is_some_and(|taking| {
+                    !taking.encoded_all && taking.chunks_unwritten < SNAPSHOT_CHUNKS_AHEAD_MAX
+                })
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::NodeId;
+    use crate::kv::snapshot::{decode_all, encode_all};
+    use crate::raft::HardState;
+
+    fn membership() -> Membership {
+        Membership::new(vec![NodeId(1), NodeId(2), NodeId(3)])
+    }
+
+    fn snapshot_at(term: u64, index: u64) -> Restored {
+        let mut machine = KvMachine::new();
+        for i in 1..=index {
+            machine.skip(LogIndex(i));
+        }
+        let bytes =
+            encode_all(&mut machine, GroupId(0), Term(term), membership(), 4096).expect("encodes");
+        decode_all(&bytes).expect("decodes")
+    }
+
+    fn wal(first: u64, runs: &[(u64, u64)], last: u64, commit: u64) -> RestoredGroup {
+        RestoredGroup {
+            hard_state: Some(HardState {
+                term: Term(runs.last().map_or(1, |r| r.0)),
+                vote: None,
+                commit: LogIndex(commit),
+            }),
+            snapshot: None,
+            term_runs: runs
+                .iter()
+                .map(|&(term, index)| EntryId::new(Term(term), LogIndex(index)))
+                .collect(),
+            first_index: Some(LogIndex(first)),
+            last_index: LogIndex(last),
+        }
+    }
+
+    #[test]
+    fn restart_replays_the_wal_after_the_snapshot() {
+        // The log restarts right after the snapshot, in the term run that holds that index;
+        // the WAL compacts to the oldest kept snapshot.
+        let restart = GroupRestart {
+            wal: Some(wal(11, &[(1, 11), (2, 40), (3, 70)], 90, 85)),
+            snapshot: Some(snapshot_at(2, 50)),
+            kept: vec![LogIndex(20), LogIndex(50)],
+        };
+        let found = restart_state(GroupId(0), restart, membership()).expect("restarts");
+        assert_eq!(found.state.applied, LogIndex(50));
+        assert_eq!(
+            found.state.term_runs,
+            vec![
+                EntryId::new(Term(2), LogIndex(51)),
+                EntryId::new(Term(3), LogIndex(70))
+            ]
+        );
+        assert_eq!(found.state.last_index, LogIndex(90));
+        assert_eq!(found.state.hard_state.commit, LogIndex(85));
+        assert_eq!(found.machine.applied(), LogIndex(50));
+        assert_eq!(found.wal_compaction, Some(LogIndex(20)));
+        assert_eq!(found.kept, VecDeque::from(vec![LogIndex(20), LogIndex(50)]));
+    }
+
+    #[test]
+    fn restart_drops_a_wal_suffix_that_disagrees_with_the_snapshot() {
+        // A WAL entry at the snapshot's index of another term is uncommitted: the log is
+        // empty after the snapshot, and commit reaches the snapshot.
+        let restart = GroupRestart {
+            wal: Some(wal(1, &[(1, 1), (4, 45)], 60, 10)),
+            snapshot: Some(snapshot_at(5, 50)),
+            kept: vec![LogIndex(50)],
+        };
+        let found = restart_state(GroupId(0), restart, membership()).expect("restarts");
+        assert!(found.state.term_runs.is_empty());
+        assert_eq!(found.state.last_index, LogIndex(50));
+        assert_eq!(found.state.hard_state.commit, LogIndex(50));
+        assert_eq!(found.wal_compaction, Some(LogIndex(50)));
+    }
+
+    #[test]
+    fn restart_refuses_a_gap_or_a_missing_installed_snapshot() {
+        // Entries between the loaded snapshot and the WAL's first are gone; a snapshot the WAL
+        // says was installed must load.
+        let gap = GroupRestart {
+            wal: Some(wal(80, &[(3, 80)], 90, 85)),
+            snapshot: Some(snapshot_at(2, 50)),
+            kept: vec![LogIndex(50)],
+        };
+        assert_eq!(
+            restart_state(GroupId(0), gap, membership()).unwrap_err(),
+            RestartError::Gap {
+                group: GroupId(0),
+                first: LogIndex(80),
+                loaded: LogIndex(50)
+            }
+        );
+        let mut marked = wal(61, &[(3, 61)], 70, 65);
+        marked.snapshot = Some(SnapshotMeta {
+            last: EntryId::new(Term(3), LogIndex(60)),
+            membership: membership(),
+        });
+        let missing = GroupRestart {
+            wal: Some(marked),
+            snapshot: Some(snapshot_at(2, 50)),
+            kept: vec![LogIndex(50)],
+        };
+        let error = restart_state(GroupId(0), missing, membership()).unwrap_err();
+        assert!(
+            matches!(error, RestartError::SnapshotMissing { mark, .. } if mark == LogIndex(60))
+        );
+    }
+
+    #[test]
+    fn restart_past_the_wal_end_starts_the_log_at_the_snapshot() {
+        // A snapshot newer than everything the WAL holds (received, then a crash): the log is
+        // empty after it and the WAL compacts up to it.
+        let restart = GroupRestart {
+            wal: Some(wal(1, &[(1, 1)], 30, 30)),
+            snapshot: Some(snapshot_at(2, 50)),
+            kept: vec![LogIndex(50)],
+        };
+        let found = restart_state(GroupId(0), restart, membership()).expect("restarts");
+        assert_eq!(found.state.last_index, LogIndex(50));
+        assert!(found.state.term_runs.is_empty());
+        assert_eq!(found.wal_compaction, Some(LogIndex(50)));
+    }
+}
