@@ -253,6 +253,10 @@ struct BenchArgs {
     /// the i-th node that leads a group and uses only keys of the groups it leads.
     #[arg(long)]
     route_any: bool,
+    /// Write every key once, in order, instead of drawing keys at random (loads a data set
+    /// of --keys keys of --value-size bytes; --ops defaults to --keys).
+    #[arg(long)]
+    fill: bool,
 }
 
 #[derive(Args, Debug)]
@@ -491,6 +495,7 @@ fn sim(args: &SimArgs) -> anyhow::Result<()> {
 fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     let limit = match (args.ops, args.duration) {
         (Some(ops), _) => Limit::Ops(ops),
+        (None, None) if args.fill => Limit::Ops(args.keys),
         (None, seconds) => Limit::Duration(Duration::from_secs_f64(seconds.unwrap_or(10.0))),
     };
     let config = BenchConfig {
@@ -510,6 +515,7 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         } else {
             Routing::Leader
         },
+        fill: args.fill,
     };
     let report = bench::run(&config)?;
     print!("{}", report.summary());

@@ -54,6 +54,9 @@ pub struct BenchConfig {
     /// Print a progress line each second.
     pub progress: bool,
     pub routing: Routing,
+    /// Write every key once, in order (`key:0` to `key:<keys - 1>`, shared by the
+    /// connections), instead of drawing keys at random: loads a data set of known size.
+    pub fill: bool,
 }
 
 /// Where each connection sends its requests.
@@ -135,7 +138,7 @@ fn plan_routes(config: &BenchConfig) -> Result<Vec<Route>, BenchError> {
     Ok(routes)
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Limit {
     Duration(Duration),
     Ops(u64),
@@ -262,6 +265,12 @@ impl BenchConfig {
         if self.rate == Some(0) {
             return fail("--rate must be positive");
         }
+        if self.fill && self.limit != Limit::Ops(self.keys) {
+            return fail("--fill writes every key once: --ops must equal --keys (or be left out)");
+        }
+        if self.fill && self.read_fraction > 0.0 {
+            return fail("--fill only writes: leave --read-fraction at 0");
+        }
         Ok(())
     }
 }
@@ -381,6 +390,8 @@ struct Worker {
     in_flight: HashMap<RequestId, Instant>,
     local: Histogram<u64>,
     issued: u64,
+    /// The request number this worker last claimed under `--ops` (the key of `--fill`).
+    claimed: u64,
 }
 
 impl Worker {
@@ -407,6 +418,7 @@ impl Worker {
             in_flight: HashMap::with_capacity(config.pipeline),
             local: new_histogram(),
             issued: 0,
+            claimed: 0,
         })
     }
 
@@ -454,9 +466,12 @@ impl Worker {
     }
 
     /// Claims the right to start one more request under the `--ops` limit.
-    fn may_start(&self, shared: &Shared) -> bool {
+    fn may_start(&mut self, shared: &Shared) -> bool {
         match self.config.limit {
-            Limit::Ops(ops) => shared.started.fetch_add(1, Ordering::Relaxed) < ops,
+            Limit::Ops(ops) => {
+                self.claimed = shared.started.fetch_add(1, Ordering::Relaxed);
+                self.claimed < ops
+            }
             Limit::Duration(_) => true,
         }
     }
@@ -476,6 +491,11 @@ impl Worker {
 
     /// The next key: uniform over the keys of this connection's route.
     fn next_key(&mut self) -> Bytes {
+        if self.config.fill {
+            self.key.clear();
+            let _ = write!(KeyWriter(&mut self.key), "key:{:012}", self.claimed);
+            return Bytes::copy_from_slice(&self.key);
+        }
         let groups = &self.route.groups;
         // Bounded rejection sampling: with few keys a route may own none of them; then any
         // key does (the node forwards it).
@@ -575,6 +595,7 @@ mod tests {
             seed: 1,
             progress: false,
             routing: Routing::Any,
+            fill: false,
         }
     }
 
