@@ -28,6 +28,10 @@ pub const HEARTBEAT_ENTRY_BYTES: u64 = 29;
 pub const HEARTBEAT_RESPONSE_ENTRY_BYTES: u64 = 21;
 /// Estimated bytes of a batch's own header (from, to, list lengths).
 pub const BATCH_HEADER_BYTES: u64 = 32;
+/// Estimated bytes of one snapshot chunk's envelope, not counting its data and members: group
+/// (4), term, offset and total bytes (24), the snapshot's last entry (16), and the offsets,
+/// lengths and padding of its own, its snapshot's and its membership's tables.
+pub const SNAPSHOT_CHUNK_OVERHEAD_BYTES: u64 = 256;
 /// Estimated bytes of one member of a snapshot's membership inside a snapshot chunk.
 pub const SNAPSHOT_MEMBER_BYTES: u64 = 8;
 /// Estimated bytes of one snapshot acknowledgement: group (4), last (16), received bytes (8),
@@ -45,7 +49,7 @@ const _: () = assert!(
 // So must the largest snapshot chunk a receiver accepts, with the largest membership.
 const _: () = assert!(
     BATCH_HEADER_BYTES
-        + MESSAGE_OVERHEAD_BYTES
+        + SNAPSHOT_CHUNK_OVERHEAD_BYTES
         + WAL_MEMBERS_MAX as u64 * SNAPSHOT_MEMBER_BYTES
         + SNAPSHOT_CHUNK_BYTES_MAX as u64
         <= BATCH_BYTES_MAX
@@ -139,7 +143,9 @@ impl SnapshotChunk {
     pub fn size_bytes(&self) -> u64 {
         let membership = &self.snapshot.membership;
         let member_count = (membership.voters.len() + membership.learners.len()) as u64;
-        MESSAGE_OVERHEAD_BYTES + member_count * SNAPSHOT_MEMBER_BYTES + self.data.len() as u64
+        SNAPSHOT_CHUNK_OVERHEAD_BYTES
+            + member_count * SNAPSHOT_MEMBER_BYTES
+            + self.data.len() as u64
     }
 
     fn validate(&self) -> Result<(), BatchError> {
