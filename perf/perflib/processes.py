@@ -164,8 +164,10 @@ class Cluster:
     """Three `ringraft server` processes on loopback, started like `ringraft cluster` does
     (same flags), but on free ports and with `--resp` on every node."""
 
-    def __init__(self, binary, data_dir, cores, nodes=3):
+    def __init__(self, binary, data_dir, cores, nodes=3, extra_args=()):
         self.binary = Path(binary)
+        # More `ringraft server` flags for every node (e.g. snapshot settings).
+        self.extra_args = list(extra_args)
         self.base_dir = Path(data_dir)
         self.data_dir = self.base_dir
         self.cores = cores
@@ -202,33 +204,49 @@ class Cluster:
         self.client_ports = ports[self.nodes:2 * self.nodes]
         self.resp_ports = ports[2 * self.nodes:]
         self.processes, self.logs = [], []
-        peers = ",".join(f"{i + 1}=127.0.0.1:{port}" for i, port in enumerate(self.peer_ports))
         self.data_dir.mkdir(parents=True, exist_ok=True)
         for index in range(self.nodes):
-            node = index + 1
-            log_path = self.data_dir / f"node-{node}.log"
-            command = [
-                str(self.binary), "server",
-                "--node-id", str(node),
-                "--peers", peers,
-                "--client", f"127.0.0.1:{self.client_ports[index]}",
-                "--resp", f"127.0.0.1:{self.resp_ports[index]}",
-                "--data-dir", str(self.data_dir / f"node-{node}"),
-                "--cores", str(self.cores),
-            ]
-            with open(log_path, "wb") as log:
-                # A session of its own: a Ctrl-C in the terminal reaches this script only,
-                # which then stops the nodes itself, once.
-                process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
-                                           stdout=subprocess.DEVNULL, stderr=log,
-                                           start_new_session=True)
-            self.processes.append(process)
-            self.logs.append(log_path)
+            self.processes.append(None)
+            self.logs.append(self.data_dir / f"node-{index + 1}.log")
+            self.start_node(index)
         say(f"cluster: {self.nodes} nodes, clients {self.endpoints}, RESP ports "
             f"{','.join(map(str, self.resp_ports))}, data {self.data_dir}")
 
+    def start_node(self, index):
+        """Starts node `index + 1` (again) on its ports and data directory; its log grows."""
+        peers = ",".join(f"{i + 1}=127.0.0.1:{port}" for i, port in enumerate(self.peer_ports))
+        node = index + 1
+        command = [
+            str(self.binary), "server",
+            "--node-id", str(node),
+            "--peers", peers,
+            "--client", f"127.0.0.1:{self.client_ports[index]}",
+            "--resp", f"127.0.0.1:{self.resp_ports[index]}",
+            "--data-dir", str(self.data_dir / f"node-{node}"),
+            "--cores", str(self.cores),
+            *self.extra_args,
+        ]
+        with open(self.logs[index], "ab") as log:
+            # A session of its own: a Ctrl-C in the terminal reaches this script only,
+            # which then stops the nodes itself, once.
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
+                                       stdout=subprocess.DEVNULL, stderr=log,
+                                       start_new_session=True)
+        self.processes[index] = process
+        return process
+
+    def stop_node(self, index):
+        """Stops node `index + 1` (SIGINT, waiting for its exit); returns a complaint or None."""
+        process = self.processes[index]
+        self.processes[index] = None
+        if process is None:
+            return None
+        return stop_process(process, f"node {index + 1}")
+
     def check_alive(self):
         for node, (process, log) in enumerate(zip(self.processes, self.logs), start=1):
+            if process is None:
+                continue
             code = process.poll()
             if code is not None:
                 raise NodeExited(f"node {node} exited ({code}); last lines of {log}:\n"
@@ -305,10 +323,12 @@ class Cluster:
         """Stops every node (SIGINT to all, then waits); returns complaints, empty if all
         exited cleanly."""
         for process in self.processes:
-            if process.poll() is None:
+            if process is not None and process.poll() is None:
                 process.send_signal(signal.SIGINT)
         complaints = []
         for node, process in enumerate(self.processes, start=1):
+            if process is None:
+                continue
             complaint = stop_process(process, f"node {node}")
             if complaint:
                 complaints.append(f"{complaint}; see {self.logs[node - 1]}")

@@ -235,6 +235,11 @@ pub async fn run_driver<S: ShardCore>(
                 }
                 Input::Peer(mut batch, permit) => {
                     let from = batch.from;
+                    if let Err(error) = batch.validate() {
+                        tracing::warn!(peer = %from, %error, "batch from a peer refused");
+                        continue;
+                    }
+                    // Snapshot data goes to the snapshot tasks; the rest to the shard.
                     for chunk in batch.snapshot_chunks.drain(..) {
                         links.snapshots.handle(SnapshotJob::Chunk(from, chunk));
                     }

@@ -436,6 +436,18 @@ async fn restore_group(
     wal: Option<crate::log::recovery::RestoredGroup>,
 ) -> Result<GroupRestart, crate::kv::store::StoreError> {
     let loaded = restore_newest(store, group).await?;
+    // A file that does not decode is set aside under another name: it would otherwise count
+    // among the files kept, and the one older than it, which the log continues, be removed.
+    for skipped in &loaded.skipped {
+        let path = store.path_of(skipped.id);
+        let aside = path.with_extension("snap.corrupt");
+        match std::fs::rename(&path, &aside) {
+            Ok(()) => tracing::warn!(%group, path = %aside.display(),
+                "set a snapshot that does not decode aside; remove it once inspected"),
+            Err(error) => tracing::warn!(%group, path = %path.display(), %error,
+                "cannot set a snapshot that does not decode aside"),
+        }
+    }
     let Some((id, restored)) = loaded.restored else {
         return Ok(GroupRestart {
             wal,

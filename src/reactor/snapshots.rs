@@ -399,6 +399,11 @@ impl Snapshots {
                 group,
                 last: chunk.snapshot.last,
             };
+            // A new transfer of a snapshot staged before (its offer was not taken then, and
+            // the leader offers it again) is staged again; a late resend is acknowledged.
+            if chunk.offset == 0 && completed.get(&group).is_some_and(|(done, _)| *done == id) {
+                completed.remove(&group);
+            }
             let answer = if completed.get(&group).is_some_and(|(done, _)| *done == id) {
                 let total = completed.get(&group).map_or(0, |(_, total)| *total);
                 Answer::Received(total)
