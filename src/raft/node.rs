@@ -744,7 +744,11 @@ impl RaftNode {
         }
         self.fetch_wanted = None;
         let tail_first = self.log.tail_first();
-        if first >= tail_first || first <= self.log.before_first().index {
+        // A want recorded while an earlier fetch was in flight may be answered by it.
+        if first >= tail_first
+            || first <= self.log.before_first().index
+            || self.log.entry(first).is_some()
+        {
             return;
         }
         let span = self.config.append_entries_max as u64;

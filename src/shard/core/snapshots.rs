@@ -395,20 +395,21 @@ impl Shard {
         let threshold = self.config.snapshot.entries;
         let now = self.now_ticks;
         let alignment = self.config.snapshot.alignment;
-        let membership = match self.multi.group(group) {
-            Some(raft) => raft.membership().clone(),
-            None => return,
-        };
         let state = self.group_state(group);
         let applied = state.machine.applied();
         if threshold == 0
             || state.snapshots.taking.is_some()
             || state.snapshots.staged.is_some()
             || now < state.snapshots.retry_tick
-            || applied.get() < state.snapshots.newest().get() + threshold
+            || applied.get() < state.snapshots.newest().get().saturating_add(threshold)
         {
             return;
         }
+        let membership = match self.multi.group(group) {
+            Some(raft) => raft.membership().clone(),
+            None => return,
+        };
+        let state = self.group_state(group);
         let frozen = state
             .machine
             .begin_snapshot(state.snapshots.applied_term, membership);
