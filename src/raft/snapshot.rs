@@ -56,6 +56,21 @@ impl RaftNode {
         })
     }
 
+    /// On a leader: the lowest match among the followers heard from since the last
+    /// check-quorum round (thesis §6.2), or `None` (not leading, or no such follower). A
+    /// caller that compacts past it makes that follower need a snapshot (thesis §5.1).
+    pub fn active_follower_match_min(&self) -> Option<LogIndex> {
+        let Role::Leader(state) = &self.role else {
+            return None;
+        };
+        state
+            .progress
+            .iter()
+            .filter(|p| p.node != self.config.id && p.recent_active)
+            .map(|p| p.matched)
+            .min()
+    }
+
     /// The layer streaming a snapshot to `to` ended the transfer (etcd's ReportSnapshot).
     /// Finished: probe from the snapshot's last entry on. Failed: probe again after a
     /// heartbeat round, which offers the snapshot again if still needed. Ignored unless this

@@ -8,7 +8,8 @@
 //! Compaction goes to the OLDER of the snapshots kept (`SNAPSHOTS_KEPT`), not the newest:
 //! the log keeps the entries after it, so a newest file found corrupt at restart is replaced
 //! by the older one and the log replayed from there. The log holds between one and two
-//! thresholds of entries.
+//! thresholds of entries, three while a leader holds its next snapshot for a follower that
+//! is still catching up (`maybe_start_snapshot`).
 //!
 //! Pure like the rest of the shard: files, streaming and timing are the reactor's.
 
@@ -405,10 +406,21 @@ impl Shard {
         {
             return;
         }
-        let membership = match self.multi.group(group) {
-            Some(raft) => raft.membership().clone(),
+        let newest = state.snapshots.newest();
+        let (membership, lagging) = match self.multi.group(group) {
+            Some(raft) => (raft.membership().clone(), raft.active_follower_match_min()),
             None => return,
         };
+        // A leader holds its next snapshot (and so the compaction to its current newest)
+        // while a live follower has not reached the newest yet: it is receiving a snapshot or
+        // catching up after one, and compacting now would make it need another one, forever
+        // if transfers are slower than the group's writes. Held for one more threshold at
+        // most, so the log stays within three thresholds.
+        let held = lagging.is_some_and(|matched| matched < newest)
+            && applied.get() < newest.get().saturating_add(threshold.saturating_mul(2));
+        if held {
+            return;
+        }
         let state = self.group_state(group);
         let frozen = state
             .machine
