@@ -521,6 +521,61 @@ fn wait_for_log(cluster: &Cluster, index: usize, offset: u64, needle: &str) {
     }
 }
 
+/// The number after `name=` in a log line.
+fn log_field(line: &str, name: &str) -> Option<u64> {
+    let start = line.find(&format!(" {name}="))? + name.len() + 2;
+    let digits: String = line[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// Checks the log of a restart of a node that caught up through a snapshot: every group
+/// restored a snapshot, its WAL held only entries after the compaction point (no more than
+/// 2 x `snapshot_entries`, plus one more for a snapshot being written when it stopped), and
+/// it needed no snapshot from a leader.
+fn check_restart_from_snapshot(log: &str, snapshot_entries: u64) {
+    let restored: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("WAL restored group"))
+        .collect();
+    assert_eq!(
+        restored.len(),
+        GROUPS as usize,
+        "one \"WAL restored group\" line per group:\n{log}"
+    );
+    for line in restored {
+        let Some(compacted) = log_field(line, "snapshot_index") else {
+            panic!("the restart found a group whose WAL was never compacted: {line}");
+        };
+        // `first_index=none`: the WAL holds no entry of the group at all.
+        let Some(first) = log_field(line, "first_index") else {
+            continue;
+        };
+        let last = log_field(line, "last_index").unwrap_or(compacted);
+        assert_eq!(
+            first,
+            compacted + 1,
+            "the WAL holds entries from {first}, not right after its snapshot {compacted}: {line}"
+        );
+        assert!(
+            last + 1 - first <= 3 * snapshot_entries,
+            "the WAL holds {} entries ({first}..={last}), more than 3 x {snapshot_entries}: {line}",
+            last + 1 - first
+        );
+    }
+    assert_eq!(
+        count_lines(log, "restored snapshot"),
+        GROUPS as usize,
+        "every group restarts from its own snapshot:\n{log}"
+    );
+    assert!(
+        !log.contains("receiving a snapshot"),
+        "the restarted node needed a snapshot again:\n{log}"
+    );
+}
+
 #[test]
 fn a_follower_down_during_100000_writes_catches_up_through_a_snapshot_and_serves_identical_data() {
     // Node 3 is stopped while 100,000 writes over 1,000 keys are acknowledged (snapshots every
@@ -531,7 +586,8 @@ fn a_follower_down_during_100000_writes_catches_up_through_a_snapshot_and_serves
     const KEYS: usize = 1000;
     const WRITES: u64 = 100_000;
     const WRITERS: usize = 4;
-    let mut cluster = Cluster::with_args(3, &["--snapshot-entries", "2000"]);
+    const SNAPSHOT_ENTRIES: u64 = 2000;
+    let mut cluster = Cluster::with_args(3, &["--snapshot-entries", &SNAPSHOT_ENTRIES.to_string()]);
     put(&cluster, &cluster.endpoints(), "probe", "0");
     let status = cluster.signal(2, libc::SIGTERM);
     assert!(
@@ -601,8 +657,11 @@ fn a_follower_down_during_100000_writes_catches_up_through_a_snapshot_and_serves
         "node 3 stopped with {status}\n{}",
         cluster.logs()
     );
+    let offset = cluster.log_len(2);
     cluster.start(2);
     wait_caught_up(&cluster, 2);
+    let log = cluster.log_since(2, offset);
+    check_restart_from_snapshot(&log, SNAPSHOT_ENTRIES);
     check_node(&cluster, 2, &ledgers, 7);
 }
 
