@@ -278,12 +278,13 @@ fn join_writers(handles: Vec<JoinHandle<Ledger>>) -> Vec<Ledger> {
 }
 
 /// Waits until `acked` reaches `target`, failing with the cluster's logs at the deadline.
-fn wait_for_acks(cluster: &Cluster, acked: &AtomicU64, target: u64, what: &str) {
-    let deadline = Instant::now() + WRITER_DEADLINE;
+fn wait_for_acks(cluster: &mut Cluster, acked: &AtomicU64, target: u64, what: &str) {
+    let deadline = Instant::now() + DEADLINE;
     while acked.load(Ordering::Relaxed) < target {
+        cluster.assert_running();
         assert!(
             Instant::now() < deadline,
-            "{what}: {} of {target} writes acknowledged within {WRITER_DEADLINE:?}\n{}",
+            "{what}: {} of {target} writes acknowledged within {DEADLINE:?}\n{}",
             acked.load(Ordering::Relaxed),
             cluster.logs()
         );
@@ -325,10 +326,11 @@ fn leader_commits(cluster: &Cluster) -> Vec<LogIndex> {
 
 /// Waits until node `index` has applied, in every group, at least what the group's leader
 /// had committed when this was called.
-fn wait_caught_up(cluster: &Cluster, index: usize) {
+fn wait_caught_up(cluster: &mut Cluster, index: usize) {
     let targets = leader_commits(cluster);
     let deadline = Instant::now() + DEADLINE;
     loop {
+        cluster.assert_running();
         let status = cluster.status(index);
         let behind: Vec<String> = targets
             .iter()
@@ -508,9 +510,10 @@ fn count_lines(log: &str, needle: &str) -> usize {
 }
 
 /// Waits until node `index`'s log, from byte `offset` on, contains `needle`.
-fn wait_for_log(cluster: &Cluster, index: usize, offset: u64, needle: &str) {
+fn wait_for_log(cluster: &mut Cluster, index: usize, offset: u64, needle: &str) {
     let deadline = Instant::now() + DEADLINE;
     while !cluster.log_since(index, offset).contains(needle) {
+        cluster.assert_running();
         assert!(
             Instant::now() < deadline,
             "node {} never logged {needle:?} within {DEADLINE:?}\n{}",
@@ -626,7 +629,7 @@ fn a_follower_down_during_100000_writes_catches_up_through_a_snapshot_and_serves
     let offset = cluster.log_len(2);
     cluster.start(2);
     let catch_up = Instant::now();
-    wait_caught_up(&cluster, 2);
+    wait_caught_up(&mut cluster, 2);
     eprintln!("node 3 caught up in {:?}", catch_up.elapsed());
     let log = cluster.log_since(2, offset);
     for needle in [
@@ -659,7 +662,7 @@ fn a_follower_down_during_100000_writes_catches_up_through_a_snapshot_and_serves
     );
     let offset = cluster.log_len(2);
     cluster.start(2);
-    wait_caught_up(&cluster, 2);
+    wait_caught_up(&mut cluster, 2);
     let log = cluster.log_since(2, offset);
     check_restart_from_snapshot(&log, SNAPSHOT_ENTRIES);
     check_node(&cluster, 2, &ledgers, 7);
@@ -828,14 +831,24 @@ fn killed_while_taking_or_installing_snapshots_loses_nothing_acknowledged() {
         acked_total: acked.clone(),
     };
     let writers = start_writers(&template, WRITERS, KEYS);
-    wait_for_acks(&cluster, &acked, 2 * KEYS as u64, "before the first kill");
+    wait_for_acks(
+        &mut cluster,
+        &acked,
+        2 * KEYS as u64,
+        "before the first kill",
+    );
     let mut receiving_kills = 0;
     for round in 0..4 {
         let victim = usize::try_from(prng.below(3)).expect("index");
         if round % 2 == 0 {
             // While taking snapshots: a random number of writes later, SIGKILL and restart.
             let later = acked.load(Ordering::Relaxed) + prng.range_inclusive(200, 3000);
-            wait_for_acks(&cluster, &acked, later, "before a kill while snapshotting");
+            wait_for_acks(
+                &mut cluster,
+                &acked,
+                later,
+                "before a kill while snapshotting",
+            );
             eprintln!(
                 "round {round}: SIGKILL node {} while it takes snapshots",
                 victim + 1
@@ -848,10 +861,10 @@ fn killed_while_taking_or_installing_snapshots_loses_nothing_acknowledged() {
             cluster.signal(victim, libc::SIGKILL);
             let missed = u64::from(GROUPS) * 4 * SNAPSHOT_ENTRIES;
             let later = acked.load(Ordering::Relaxed) + missed;
-            wait_for_acks(&cluster, &acked, later, "while a node is down");
+            wait_for_acks(&mut cluster, &acked, later, "while a node is down");
             let offset = cluster.log_len(victim);
             cluster.start(victim);
-            wait_for_log(&cluster, victim, offset, "receiving a snapshot");
+            wait_for_log(&mut cluster, victim, offset, "receiving a snapshot");
             cluster.signal(victim, libc::SIGKILL);
             let installed = cluster
                 .log_since(victim, offset)
@@ -864,9 +877,9 @@ fn killed_while_taking_or_installing_snapshots_loses_nothing_acknowledged() {
             receiving_kills += 1;
             cluster.start(victim);
         }
-        wait_caught_up(&cluster, victim);
+        wait_caught_up(&mut cluster, victim);
         let progress = acked.load(Ordering::Relaxed) + 500;
-        wait_for_acks(&cluster, &acked, progress, "after a restart");
+        wait_for_acks(&mut cluster, &acked, progress, "after a restart");
     }
     stop.store(true, Ordering::Relaxed);
     let ledgers = join_writers(writers);
@@ -882,7 +895,7 @@ fn killed_while_taking_or_installing_snapshots_loses_nothing_acknowledged() {
     );
     assert_eq!(receiving_kills, 2, "kills while receiving a snapshot");
     for index in 0..3 {
-        wait_caught_up(&cluster, index);
+        wait_caught_up(&mut cluster, index);
         let checked = check_node(&cluster, index, &ledgers, 1);
         assert_eq!(
             checked,

@@ -180,6 +180,21 @@ impl Cluster {
         }
     }
 
+    /// Panics, with the logs, if a node this cluster started has exited on its own (a crash
+    /// fails the test at once rather than at some later deadline).
+    pub fn assert_running(&mut self) {
+        let mut exited = Vec::new();
+        for node in &mut self.nodes {
+            if let Some(child) = node.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                exited.push(format!("node {} exited with {status}", node.id));
+                node.child = None;
+            }
+        }
+        assert!(exited.is_empty(), "{exited:?}\n{}", self.logs());
+    }
+
     /// The last lines of every node's log, for failure messages.
     pub fn logs(&self) -> String {
         self.nodes
