@@ -813,9 +813,13 @@ fn killed_while_taking_or_installing_snapshots_loses_nothing_acknowledged() {
         &[
             "--snapshot-entries",
             &SNAPSHOT_ENTRIES.to_string(),
-            // Slow snapshot sends, so a kill lands while one is being received.
+            // Slower snapshot sends (a snapshot of 1,000 keys of 256 bytes is two chunks, the
+            // second sent about 60 ms after the first), so a kill lands while one is being
+            // received. Not slower: a follower must install the snapshot before the leader
+            // applies another 1 to 2 x snapshot-entries entries and compacts past it, or it
+            // installs snapshot after snapshot and never catches up (at 1 MiB/s it did).
             "--snapshot-send-mib",
-            "1",
+            "4",
         ],
     );
     put(&cluster, &cluster.endpoints(), "probe", "0");
@@ -840,8 +844,11 @@ fn killed_while_taking_or_installing_snapshots_loses_nothing_acknowledged() {
     let mut receiving_kills = 0;
     for round in 0..4 {
         let victim = usize::try_from(prng.below(3)).expect("index");
-        if round % 2 == 0 {
-            // While taking snapshots: a random number of writes later, SIGKILL and restart.
+        // What the victim's log must show once it caught up after its last restart.
+        let expected_after_restart = if round % 2 == 0 {
+            // While taking snapshots: a random number of writes later, once the victim has
+            // logged a snapshot since the round began, SIGKILL and restart.
+            let offset = cluster.log_len(victim);
             let later = acked.load(Ordering::Relaxed) + prng.range_inclusive(200, 3000);
             wait_for_acks(
                 &mut cluster,
@@ -849,12 +856,14 @@ fn killed_while_taking_or_installing_snapshots_loses_nothing_acknowledged() {
                 later,
                 "before a kill while snapshotting",
             );
+            wait_for_log(&mut cluster, victim, offset, "snapshot taken");
             eprintln!(
                 "round {round}: SIGKILL node {} while it takes snapshots",
                 victim + 1
             );
             cluster.signal(victim, libc::SIGKILL);
-            cluster.start(victim);
+            // It restarts from its own newest snapshot and the WAL after it.
+            Some("restored snapshot")
         } else {
             // While installing: the victim misses more than 2 x snapshot-entries per group,
             // so the others compact past its log, and is killed as the snapshot arrives.
@@ -875,9 +884,20 @@ fn killed_while_taking_or_installing_snapshots_loses_nothing_acknowledged() {
                 victim + 1
             );
             receiving_kills += 1;
-            cluster.start(victim);
-        }
+            // With no snapshot installed before the kill, every group still needs one.
+            (!installed).then_some("installed the leader's snapshot")
+        };
+        let offset = cluster.log_len(victim);
+        cluster.start(victim);
         wait_caught_up(&mut cluster, victim);
+        if let Some(needle) = expected_after_restart {
+            let log = cluster.log_since(victim, offset);
+            assert!(
+                log.contains(needle),
+                "node {} caught up after its restart without logging {needle:?}:\n{log}",
+                victim + 1
+            );
+        }
         let progress = acked.load(Ordering::Relaxed) + 500;
         wait_for_acks(&mut cluster, &acked, progress, "after a restart");
     }
@@ -894,6 +914,14 @@ fn killed_while_taking_or_installing_snapshots_loses_nothing_acknowledged() {
             .collect::<Vec<_>>()
     );
     assert_eq!(receiving_kills, 2, "kills while receiving a snapshot");
+    for index in 0..3 {
+        let log = cluster.full_log(index);
+        let panics: Vec<&str> = log
+            .lines()
+            .filter(|line| line.contains("panicked"))
+            .collect();
+        assert!(panics.is_empty(), "node {} panicked: {panics:?}", index + 1);
+    }
     for index in 0..3 {
         wait_caught_up(&mut cluster, index);
         let checked = check_node(&cluster, index, &ledgers, 1);
