@@ -76,6 +76,31 @@ struct Outgoing {
     doorbell: LocalSender<()>,
 }
 
+/// How many tasks are in a section per group: the sends opening a group's snapshot file, or
+/// the tasks removing its old files.
+#[derive(Default)]
+struct GroupCounts(RefCell<HashMap<GroupId, usize>>);
+
+impl GroupCounts {
+    fn enter(&self, group: GroupId) {
+        *self.0.borrow_mut().entry(group).or_insert(0) += 1;
+    }
+
+    fn leave(&self, group: GroupId) {
+        let mut counts = self.0.borrow_mut();
+        let count = counts.entry(group).or_insert(0);
+        assert!(*count > 0, "group {group} left a section it never entered");
+        *count -= 1;
+        if *count == 0 {
+            counts.remove(&group);
+        }
+    }
+
+    fn busy(&self, group: GroupId) -> bool {
+        self.0.borrow().contains_key(&group)
+    }
+}
+
 /// The snapshot tasks' shared state.
 pub struct Snapshots {
     context: Rc<CoreContext>,
@@ -86,6 +111,11 @@ pub struct Snapshots {
     chunks: LocalSender<(NodeId, SnapshotChunk)>,
     outgoing: RefCell<HashMap<(GroupId, NodeId), Rc<Outgoing>>>,
     next_generation: Cell<u64>,
+    /// glommio 0.9's `DmaFile::open` calls `statfs` on the path after the open completes and
+    /// panics if the file is gone by then (`io/dma_file.rs`, `open_at`): a send opening a
+    /// group's snapshot file and the removal of that group's old files must never overlap.
+    opening: GroupCounts,
+    removing: GroupCounts,
 }
 
 impl Snapshots {
@@ -111,6 +141,8 @@ impl Snapshots {
             chunks,
             outgoing: RefCell::new(HashMap::new()),
             next_generation: Cell::new(1),
+            opening: GroupCounts::default(),
+            removing: GroupCounts::default(),
         });
         spawn(snapshots.clone().run_writer(write_ring), queue);
         spawn(snapshots.clone().run_receiver(chunk_ring), queue);
@@ -191,7 +223,15 @@ impl Snapshots {
     }
 
     async fn remove_old(&self, group: GroupId) {
-        if let Err(error) = remove_old(self.store.as_ref(), group, SNAPSHOTS_KEPT).await {
+        if self.opening.busy(group) {
+            // The next snapshot of the group removes what this one leaves.
+            tracing::debug!(%group, "old snapshot files kept: a send is opening one");
+            return;
+        }
+        self.removing.enter(group);
+        let removed = remove_old(self.store.as_ref(), group, SNAPSHOTS_KEPT).await;
+        self.removing.leave(group);
+        if let Err(error) = removed {
             tracing::warn!(%group, %error,
                 "removing old snapshot files failed; they take disk space until the next \
                  snapshot removes them");
@@ -278,9 +318,13 @@ impl Snapshots {
             last: snapshot.last,
         };
         let path = self.store.path_of(id);
-        let file = DmaFile::open(&path)
-            .await
-            .map_err(|e| format!("opening {}: {e}", path.display()))?;
+        while self.removing.busy(group) {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        self.opening.enter(group);
+        let opened = DmaFile::open(&path).await;
+        self.opening.leave(group);
+        let file = opened.map_err(|e| format!("opening {}: {e}", path.display()))?;
         let result = self
             .stream_file(group, offer, snapshot, &file, outgoing, ring)
             .await;
