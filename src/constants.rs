@@ -85,6 +85,9 @@ pub const WAL_SPARE_SEGMENTS_DEFAULT: usize = 2;
 pub const WAL_RECORD_PAYLOAD_BYTES_MAX: u64 = COMMAND_BYTES_MAX + 4096;
 /// Bytes of one read issued by recovery or by a fetch.
 pub const WAL_READ_BYTES_MAX: u64 = 1024 * 1024;
+/// Bytes of one read while recovery scans the segments at start-up: large, so the device
+/// works on many blocks at once (a restart reads every live segment whole).
+pub const WAL_RECOVERY_READ_BYTES: u64 = 4 * 1024 * 1024;
 /// Voters plus learners of a membership stored in a snapshot mark.
 pub const WAL_MEMBERS_MAX: usize = 1024;
 
@@ -94,6 +97,7 @@ const _: () = assert!(WAL_SEGMENT_BYTES_MIN <= WAL_SEGMENT_BYTES_DEFAULT);
 const _: () = assert!(WAL_SEGMENT_BYTES_DEFAULT <= WAL_SEGMENT_BYTES_MAX);
 const _: () = assert!(WAL_RECORD_PAYLOAD_BYTES_MAX + 4096 < WAL_SEGMENT_BYTES_DEFAULT);
 const _: () = assert!(WAL_READ_BYTES_MAX.is_multiple_of(WAL_HEADER_BLOCK_BYTES));
+const _: () = assert!(WAL_RECOVERY_READ_BYTES.is_multiple_of(WAL_HEADER_BLOCK_BYTES));
 
 /// Bytes of I/O memory each glommio executor registers with each of its three io_uring
 /// rings. Zero (glommio rounds it up to 64 KiB, about 192 KiB locked per executor) is safe

@@ -7,7 +7,7 @@
 //! and turns disk errors into `LogError`. A failed write or sync is returned to the caller,
 //! which must treat it as fatal (DESIGN §6); the driver never retries.
 
-use crate::constants::WAL_READ_BYTES_MAX;
+use crate::constants::WAL_RECOVERY_READ_BYTES;
 use crate::ids::{GroupId, LogIndex};
 use crate::log::LogError;
 use crate::log::disk::{Disk, SegmentSeq};
@@ -230,7 +230,7 @@ async fn recover<D: Disk>(
         bytes.clear();
         let mut offset = 0u64;
         while offset < config.segment_bytes {
-            let len = WAL_READ_BYTES_MAX.min(config.segment_bytes - offset);
+            let len = WAL_RECOVERY_READ_BYTES.min(config.segment_bytes - offset);
             let chunk = disk.read(seq, offset, len as usize).await?;
             bytes.extend_from_slice(chunk.as_ref());
             offset += len;
