@@ -168,7 +168,14 @@ pub fn restart_state(
         .iter()
         .rev()
         .find(|run| run.index <= loaded)
-        .map(|run| run.term);
+        .map(|run| run.term)
+        .or_else(|| {
+            wal.snapshot
+                .as_ref()
+                .map(|mark| mark.last)
+                .filter(|mark| mark.index == loaded)
+                .map(|mark| mark.term)
+        });
     let agrees = wal.last_index > loaded && term_at_snapshot == Some(meta.last.term);
     let (term_runs, last_index) = if agrees {
         (runs_after(&wal.term_runs, meta.last), wal.last_index)
