@@ -37,7 +37,7 @@ mod snapshots;
 pub use snapshots::SnapshotStats;
 use snapshots::{CoreSnapshots, OfferContext, SimSnapshotError, restore_group};
 
-/// Segments of the simulated WALs: small, so tests roll over segments.
+/// Segments of the simulated WALs by default: small, so tests roll over segments.
 const SIM_SEGMENT_BYTES: u64 = 256 * 1024;
 /// Alignment of the simulated disks and snapshot files.
 const SIM_ALIGNMENT_BYTES: usize = 512;
@@ -58,6 +58,9 @@ pub struct ShardSimConfig {
     /// Most rounds a WAL append may take to become durable; a crash before then loses it.
     pub sync_rounds_max: u64,
     pub request_timeout_ticks: u32,
+    /// Bytes of each WAL segment: small ones roll over often, so purges after compactions
+    /// free segments.
+    pub wal_segment_bytes: u64,
     /// A group takes a snapshot after this many applied entries; 0: never.
     pub snapshot_entries: u64,
     /// Chance in a thousand, per round, that the power of one node's snapshot store is cut a
@@ -77,6 +80,7 @@ impl ShardSimConfig {
             delay_rounds_max: 0,
             sync_rounds_max: 0,
             request_timeout_ticks: 200,
+            wal_segment_bytes: SIM_SEGMENT_BYTES,
             snapshot_entries: SIM_SHARD_SNAPSHOT_ENTRIES_DEFAULT,
             power_cut_per_mille: 0,
         }
@@ -210,7 +214,7 @@ impl ShardSim {
             let store = self.nodes[index].stores[core].clone();
             store.recover();
             let wal = WalConfig {
-                segment_bytes: SIM_SEGMENT_BYTES,
+                segment_bytes: self.config.wal_segment_bytes,
                 ..WalConfig::default()
             };
             let (log, _summary) = block_on(Log::open(disk, wal))
