@@ -134,7 +134,19 @@ pub const SIM_SNAPSHOT_RESEND_TICKS: u64 = 4;
 /// Ticks without a newly acknowledged chunk after which a transfer is reported failed.
 pub const SIM_SNAPSHOT_STALL_TICKS: u64 = 30;
 
+/// Snapshot entries threshold of the simulated shards by default: small, so that short runs
+/// take, compact past, stream and install snapshots.
+pub const SIM_SHARD_SNAPSHOT_ENTRIES_DEFAULT: u64 = 32;
+/// Bytes of one snapshot chunk the simulated shards stream, drawn per transfer in this range
+/// (small, so that a snapshot of a short run still takes several chunks).
+pub const SIM_SHARD_SNAPSHOT_CHUNK_BYTES_MIN: u64 = 256;
+pub const SIM_SHARD_SNAPSHOT_CHUNK_BYTES_MAX: u64 = 8 * 1024;
+
 const _: () = assert!(SIM_TICK_UNITS >= 2);
+const _: () = assert!(
+    SIM_SHARD_SNAPSHOT_CHUNK_BYTES_MIN > 0
+        && SIM_SHARD_SNAPSHOT_CHUNK_BYTES_MIN <= SIM_SHARD_SNAPSHOT_CHUNK_BYTES_MAX
+);
 const _: () = assert!(SIM_SNAPSHOT_CHUNKS_MAX >= 2 && SIM_SNAPSHOT_CHUNKS_MAX <= 64);
 const _: () = assert!(SIM_SNAPSHOT_CHUNKS_PER_TICK > 0 && SIM_SNAPSHOT_WINDOW_CHUNKS > 0);
 const _: () = assert!(SIM_SNAPSHOT_RESEND_TICKS < SIM_SNAPSHOT_STALL_TICKS);

@@ -1,7 +1,11 @@
 //! Whole nodes in simulation: every node runs the production `Shard` of each of its cores
-//! over the production WAL (`log::Log`) on a `SimDisk`, and talks to the others through a
-//! simulated network that can drop and delay batches. Crashes drop a node's memory and tear
-//! its unsynced disk writes; restarts recover from the disk alone. Deterministic from a seed.
+//! over the production WAL (`log::Log`) on a `SimDisk` and a `SimSnapshotStore`, and talks to
+//! the others through a simulated network that can drop and delay batches. The shards take
+//! snapshots and compact the WAL; leaders stream snapshot files to lagging followers, which
+//! stage and install them (`shards/snapshots.rs`). Crashes drop a node's memory, tear its
+//! unsynced disk writes and undo its unsynced snapshot files and renames; power cuts of a
+//! snapshot store crash a node in the middle of writing or staging a snapshot; restarts
+//! recover from the disk and the newest snapshot that loads. Deterministic from a seed.
 //!
 //! Drives exactly what the reactor drives, minus sockets and real time. Must not import
 //! `reactor/` or glommio.
@@ -10,23 +14,35 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use bytes::Bytes;
 
-use crate::ids::{CoreId, GroupId, NodeId, Ticks};
+use crate::constants::SIM_SHARD_SNAPSHOT_ENTRIES_DEFAULT;
+use crate::ids::{CoreId, GroupId, LogIndex, NodeId, Ticks};
 use crate::kv::Command;
+use crate::kv::store::{SnapshotId, SnapshotStore};
 use crate::log::{Log, WalConfig};
 use crate::prng::Prng;
 use crate::raft::Persist;
 use crate::shard::core::{
-    GroupRestart, Origin, Shard, ShardConfig, ShardEvent, ShardOutput, SnapshotPolicy, WalTicket,
-    core_of_group, group_of_key,
+    Origin, Shard, ShardConfig, ShardEvent, ShardOutput, SnapshotPolicy, WalTicket, core_of_group,
+    group_of_key,
 };
 use crate::sim::disk::{SimDisk, block_on};
+use crate::sim::snapstore::SimSnapshotStore;
 use crate::wire::batch::Batch;
 use crate::wire::client::{
     ClientOp, ClientRequest, ClientResponse, ErrorCode, Reply, RequestId, encode_request,
 };
 
-/// Segments of the simulated WALs: small, so tests roll over segments.
+mod snapshots;
+
+pub use snapshots::SnapshotStats;
+use snapshots::{CoreSnapshots, OfferContext, SimSnapshotError, restore_group};
+
+/// Segments of the simulated WALs by default: small, so tests roll over segments.
 const SIM_SEGMENT_BYTES: u64 = 256 * 1024;
+/// Alignment of the simulated disks and snapshot files.
+const SIM_ALIGNMENT_BYTES: usize = 512;
+/// Most store operations a scheduled power cut lets pass before it strikes.
+const SIM_POWER_CUT_OPERATIONS_MAX: u64 = 8;
 
 /// How a simulated cluster is built and how hostile its network is.
 #[derive(Clone, Debug)]
@@ -42,6 +58,15 @@ pub struct ShardSimConfig {
     /// Most rounds a WAL append may take to become durable; a crash before then loses it.
     pub sync_rounds_max: u64,
     pub request_timeout_ticks: u32,
+    /// Bytes of each WAL segment: small ones roll over often, so purges after compactions
+    /// free segments.
+    pub wal_segment_bytes: u64,
+    /// A group takes a snapshot after this many applied entries; 0: never.
+    pub snapshot_entries: u64,
+    /// Chance in a thousand, per round, that the power of one node's snapshot store is cut a
+    /// few operations later (preferably while it writes or stages a snapshot), crashing the
+    /// node there. Only while every node is up and no other cut is pending.
+    pub power_cut_per_mille: u64,
 }
 
 impl ShardSimConfig {
@@ -55,27 +80,54 @@ impl ShardSimConfig {
             delay_rounds_max: 0,
             sync_rounds_max: 0,
             request_timeout_ticks: 200,
+            wal_segment_bytes: SIM_SEGMENT_BYTES,
+            snapshot_entries: SIM_SHARD_SNAPSHOT_ENTRIES_DEFAULT,
+            power_cut_per_mille: 0,
         }
     }
 }
 
-/// A WAL append waiting to become durable: the round it does, its ticket, its persists.
-type PendingAppend = (u64, WalTicket, Vec<(GroupId, Persist)>);
+/// Work for a core's WAL, in the order the shard asked for it.
+enum WalWork {
+    /// An append, the round it becomes durable, its ticket and its persists.
+    Append(u64, WalTicket, Vec<(GroupId, Persist)>),
+    /// The group's entries up to the index are folded into a snapshot the core keeps.
+    Compact(GroupId, LogIndex),
+}
 
 struct SimCore {
     shard: Shard,
     log: Log<SimDisk>,
-    /// Appends handed out and not yet written, in ticket order, each with the round at which
-    /// it becomes durable. A crash loses them, as it loses a write whose sync never returned.
-    appends: VecDeque<PendingAppend>,
+    /// Appends and compactions handed out and not yet done, in order; each append with the
+    /// round at which it becomes durable. A crash loses them, as it loses a write whose sync
+    /// never returned.
+    wal_work: VecDeque<WalWork>,
+    /// A compaction happened since the last purge: purge once no append is queued.
+    purge_wanted: bool,
+    snapshots: CoreSnapshots,
 }
 
 struct SimNode {
     id: NodeId,
-    /// One disk per core, kept across crashes.
+    /// One disk and one snapshot store per core, kept across crashes.
     disks: Vec<SimDisk>,
+    stores: Vec<SimSnapshotStore>,
     /// `None` while the node is down.
     cores: Option<Vec<SimCore>>,
+}
+
+/// What one core's round draws from the cluster and hands back to it.
+struct RoundContext<'a> {
+    node: NodeId,
+    core: CoreId,
+    round_number: u64,
+    tick_number: u64,
+    sync_rounds_max: u64,
+    prng: &'a mut Prng,
+    stats: &'a mut SnapshotStats,
+    sent: &'a mut Vec<(CoreId, Batch)>,
+    responses: &'a mut HashMap<(NodeId, u64), VecDeque<ClientResponse>>,
+    events: &'a mut Vec<(NodeId, ShardEvent)>,
 }
 
 /// A cluster of simulated nodes.
@@ -84,6 +136,7 @@ pub struct ShardSim {
     prng: Prng,
     nodes: Vec<SimNode>,
     round_number: u64,
+    tick_number: u64,
     /// Batches in flight: (deliver at round, destination core, batch).
     network: VecDeque<(u64, CoreId, Batch)>,
     /// Responses received, per (node, connection).
@@ -92,6 +145,7 @@ pub struct ShardSim {
     output: ShardOutput,
     /// What the shards reported, per node, oldest first (`take_events`).
     events: Vec<(NodeId, ShardEvent)>,
+    stats: SnapshotStats,
 }
 
 impl ShardSim {
@@ -100,11 +154,15 @@ impl ShardSim {
         let mut nodes = Vec::with_capacity(config.node_count);
         for n in 1..=config.node_count as u64 {
             let disks = (0..config.cores)
-                .map(|_| SimDisk::new(prng.fork(), 512))
+                .map(|_| SimDisk::new(prng.fork(), SIM_ALIGNMENT_BYTES))
+                .collect();
+            let stores = (0..config.cores)
+                .map(|_| SimSnapshotStore::new(prng.fork(), SIM_ALIGNMENT_BYTES))
                 .collect();
             nodes.push(SimNode {
                 id: NodeId(n),
                 disks,
+                stores,
                 cores: None,
             });
         }
@@ -113,11 +171,13 @@ impl ShardSim {
             prng,
             nodes,
             round_number: 0,
+            tick_number: 0,
             network: VecDeque::new(),
             responses: HashMap::new(),
             next_request: 1,
             output: ShardOutput::default(),
             events: Vec::new(),
+            stats: SnapshotStats::default(),
         };
         for index in 0..sim.nodes.len() {
             sim.start(index);
@@ -136,40 +196,47 @@ impl ShardSim {
             heartbeat_interval_ticks: Ticks(2),
             request_timeout_ticks: Ticks(self.config.request_timeout_ticks),
             seed: self.config.seed,
-            // The simulated cores keep their whole log: snapshots are simulated by the
-            // group-level cluster (sim/cluster.rs).
             snapshot: SnapshotPolicy {
-                entries: 0,
-                alignment: 512,
+                entries: self.config.snapshot_entries,
+                alignment: SIM_ALIGNMENT_BYTES,
             },
         }
     }
 
-    /// Starts (or restarts) a node from its disks alone.
+    /// Starts (or restarts) a node from its disks and snapshot stores alone: each group from
+    /// its newest snapshot that loads and the WAL's tail (as `reactor/server.rs` does).
     fn start(&mut self, index: usize) {
         let node = self.nodes[index].id;
+        let seed = self.config.seed;
         let mut cores = Vec::with_capacity(self.config.cores);
         for core in 0..self.config.cores {
             let disk = self.nodes[index].disks[core].clone();
+            let store = self.nodes[index].stores[core].clone();
+            store.recover();
             let wal = WalConfig {
-                segment_bytes: SIM_SEGMENT_BYTES,
+                segment_bytes: self.config.wal_segment_bytes,
                 ..WalConfig::default()
             };
-            let (log, _summary) = block_on(Log::open(disk, wal)).unwrap_or_else(|e| {
-                panic!("seed {}: node {node} core {core}: {e}", self.config.seed)
-            });
+            let (log, _summary) = block_on(Log::open(disk, wal))
+                .unwrap_or_else(|e| panic!("seed {seed}: node {node} core {core}: {e}"));
             let config = self.shard_config(node, CoreId(core as u16));
-            let mut restart = |group| GroupRestart {
-                wal: log.restored(group),
-                ..GroupRestart::default()
-            };
-            let shard = Shard::new(config, &mut restart).unwrap_or_else(|e| {
-                panic!("seed {}: node {node} core {core}: {e}", self.config.seed)
-            });
+            let mut restarts = HashMap::new();
+            for group in config.groups() {
+                let restart = restore_group(&store, group, log.restored(group), &mut self.stats)
+                    .unwrap_or_else(|e| {
+                        panic!("seed {seed}: node {node} core {core} group {group}: {e}")
+                    });
+                restarts.insert(group, restart);
+            }
+            let mut restart = |group| restarts.remove(&group).unwrap_or_default();
+            let shard = Shard::new(config, &mut restart)
+                .unwrap_or_else(|e| panic!("seed {seed}: node {node} core {core}: {e}"));
             cores.push(SimCore {
                 shard,
                 log,
-                appends: VecDeque::new(),
+                wal_work: VecDeque::new(),
+                purge_wanted: false,
+                snapshots: CoreSnapshots::new(node, store),
             });
         }
         self.nodes[index].cores = Some(cores);
@@ -187,12 +254,16 @@ impl ShardSim {
         &self.nodes[(node.0 - 1) as usize]
     }
 
-    /// Kills a node: its memory is gone and its disks lose or tear what was not synced.
+    /// Kills a node: its memory is gone, its disks lose or tear what was not synced, and its
+    /// snapshot stores lose unsynced bytes and undo renames not made durable.
     pub fn crash(&mut self, node: NodeId) {
         let index = (node.0 - 1) as usize;
         self.nodes[index].cores = None;
         for disk in &self.nodes[index].disks {
             disk.crash();
+        }
+        for store in &self.nodes[index].stores {
+            store.crash();
         }
         self.network
             .retain(|(_, _, batch)| batch.to != node && batch.from != node);
@@ -296,6 +367,7 @@ impl ShardSim {
     }
 
     pub fn tick(&mut self) {
+        self.tick_number += 1;
         for node in &mut self.nodes {
             for core in node.cores.iter_mut().flatten() {
                 core.shard.tick();
@@ -331,71 +403,137 @@ impl ShardSim {
             .map(|cores| &cores[usize::from(core.0)].shard)
     }
 
+    /// What the snapshots of the cluster did so far (across crashes).
+    pub fn snapshot_stats(&self) -> SnapshotStats {
+        self.stats
+    }
+
+    /// Whether a power cut of a snapshot store is scheduled and has not struck yet.
+    pub fn power_cut_pending(&self) -> bool {
+        self.nodes
+            .iter()
+            .any(|node| node.stores.iter().any(SimSnapshotStore::power_cut_pending))
+    }
+
+    /// Cuts the power of `node`'s snapshot store of `core` after `operations` more store
+    /// operations: the node crashes at that one.
+    pub fn cut_power_after(&mut self, node: NodeId, core: CoreId, operations: u64) {
+        self.nodes[(node.0 - 1) as usize].stores[usize::from(core.0)].cut_power_after(operations);
+    }
+
+    /// Flips a byte in the newest snapshot file of every group of the down `node` that has an
+    /// older one to fall back to; returns the files corrupted.
+    pub fn corrupt_newest_snapshots(&mut self, node: NodeId) -> Vec<SnapshotId> {
+        assert!(
+            !self.is_up(node),
+            "corrupting the snapshots of node {node}, which is up"
+        );
+        let index = (node.0 - 1) as usize;
+        let mut corrupted = Vec::new();
+        for store in &self.nodes[index].stores {
+            for group in (0..self.config.groups_total).map(GroupId) {
+                let listed = block_on(store.list(group))
+                    .unwrap_or_else(|e| panic!("node {node}: listing group {group}: {e}"));
+                let [newest, _, ..] = listed[..] else {
+                    continue;
+                };
+                let length = store.file_bytes(newest).unwrap_or(0);
+                if length == 0 {
+                    continue;
+                }
+                // Past the header, inside the records or the trailer: a checksum must catch it.
+                let offset = self
+                    .prng
+                    .range_inclusive(length as u64 / 4, length as u64 - 1);
+                store.corrupt(newest, offset as usize, 0x5a);
+                corrupted.push(newest);
+            }
+        }
+        corrupted
+    }
+
     /// One round of every core of every live node, then delivery of due batches.
     pub fn round(&mut self) {
         self.round_number += 1;
+        self.maybe_cut_power();
         let mut sent = Vec::new();
+        let mut output = std::mem::take(&mut self.output);
+        let mut cut = Vec::new();
         for index in 0..self.nodes.len() {
             let node = self.nodes[index].id;
             let Some(cores) = self.nodes[index].cores.as_mut() else {
                 continue;
             };
+            let mut context = RoundContext {
+                node,
+                core: CoreId(0),
+                round_number: self.round_number,
+                tick_number: self.tick_number,
+                sync_rounds_max: self.config.sync_rounds_max,
+                prng: &mut self.prng,
+                stats: &mut self.stats,
+                sent: &mut sent,
+                responses: &mut self.responses,
+                events: &mut self.events,
+            };
             for (core_index, core) in cores.iter_mut().enumerate() {
-                core.shard.round(&mut self.output);
-                let output = &mut self.output;
-                self.events
-                    .extend(output.events.drain(..).map(|event| (node, event)));
-                for batch in output.batches.drain(..) {
-                    sent.push((CoreId(core_index as u16), batch));
-                }
-                if let Some((ticket, persists)) = output.wal_append.take() {
-                    // In order: a later append is never durable before an earlier one.
-                    let after = core.appends.back().map_or(0, |(at, _, _)| *at);
-                    let delay = self.prng.range_inclusive(0, self.config.sync_rounds_max);
-                    core.appends.push_back((
-                        (self.round_number + delay).max(after),
-                        ticket,
-                        persists,
-                    ));
-                }
-                while core
-                    .appends
-                    .front()
-                    .is_some_and(|(at, _, _)| *at <= self.round_number)
+                context.core = CoreId(core_index as u16);
+                if let Err(SimSnapshotError::PowerCut(error)) =
+                    core.round(&mut output, &mut context)
                 {
-                    let Some((_, ticket, persists)) = core.appends.pop_front() else {
-                        break;
-                    };
-                    let batch: Vec<_> = persists
-                        .iter()
-                        .map(|(group, persist)| (*group, persist))
-                        .collect();
-                    block_on(core.log.append(&batch))
-                        .unwrap_or_else(|e| panic!("node {node}: WAL append: {e}"));
-                    core.shard.on_wal_durable(ticket);
-                }
-                for (group, fetch) in output.fetches.drain(..) {
-                    let entries = block_on(core.log.fetch_for(group, &fetch))
-                        .unwrap_or_else(|e| panic!("node {node}: WAL fetch: {e}"));
-                    core.shard.on_fetched(group, entries);
-                }
-                for (origin, response) in output.replies.drain(..) {
-                    self.responses
-                        .entry((node, origin.connection))
-                        .or_default()
-                        .push_back(response);
+                    cut.push((node, error));
+                    break;
                 }
             }
+        }
+        self.output = output;
+        for (node, _error) in cut {
+            self.stats.power_cuts += 1;
+            self.crash(node);
         }
         for (core, batch) in sent {
-            if self.prng.chance(self.config.loss_per_mille, 1000) {
-                continue;
-            }
-            let delay = self.prng.range_inclusive(0, self.config.delay_rounds_max);
-            self.network
-                .push_back((self.round_number + delay, core, batch));
+            self.send(core, batch);
         }
         self.deliver();
+    }
+
+    /// Puts a batch on the simulated network, which may lose or delay it.
+    fn send(&mut self, core: CoreId, batch: Batch) {
+        if self.prng.chance(self.config.loss_per_mille, 1000) {
+            return;
+        }
+        let delay = self.prng.range_inclusive(0, self.config.delay_rounds_max);
+        self.network
+            .push_back((self.round_number + delay, core, batch));
+    }
+
+    /// Schedules a power cut of one snapshot store, if the budget allows: every node up and
+    /// no cut pending. A store writing or staging a snapshot is preferred, so the cut lands
+    /// in its middle; otherwise it strikes at the start of the next snapshot there.
+    fn maybe_cut_power(&mut self) {
+        let per_mille = self.config.power_cut_per_mille;
+        if per_mille == 0 || !self.prng.chance(per_mille, 1000) {
+            return;
+        }
+        if self.power_cut_pending() || self.nodes.iter().any(|node| node.cores.is_none()) {
+            return;
+        }
+        let mut busy = Vec::new();
+        let mut all = Vec::new();
+        for node in &self.nodes {
+            for (core, sim_core) in node.cores.iter().flatten().enumerate() {
+                all.push((node.id, CoreId(core as u16)));
+                if sim_core.snapshots.busy() {
+                    busy.push((node.id, CoreId(core as u16)));
+                }
+            }
+        }
+        let candidates = if busy.is_empty() { all } else { busy };
+        let Some(&(node, core)) = self.prng.choose(&candidates) else {
+            return;
+        };
+        let operations = self.prng.range_inclusive(0, SIM_POWER_CUT_OPERATIONS_MAX);
+        self.cut_power_after(node, core, operations);
     }
 
     fn deliver(&mut self) {
@@ -407,18 +545,55 @@ impl ShardSim {
             self.network = later;
             ready.into_iter().collect()
         };
-        for (_, core, batch) in due {
+        let mut answers = Vec::new();
+        let mut cut = Vec::new();
+        for (_, core, mut batch) in due {
             let index = (batch.to.0 - 1) as usize;
+            let node = self.nodes[index].id;
             let Some(cores) = self.nodes[index].cores.as_mut() else {
                 continue;
             };
+            let sim_core = &mut cores[usize::from(core.0)];
             let from = batch.from;
-            if let Err(error) = cores[usize::from(core.0)].shard.on_peer_batch(batch) {
+            for ack in batch.snapshot_acks.drain(..) {
+                sim_core.snapshots.on_ack(from, ack, self.tick_number);
+            }
+            let mut acks = Batch::new(node, from);
+            for chunk in batch.snapshot_chunks.drain(..) {
+                let stats = &mut self.stats;
+                match sim_core
+                    .snapshots
+                    .on_chunk(from, chunk, &mut sim_core.shard, stats)
+                {
+                    Ok(ack) => acks.snapshot_acks.push(ack),
+                    Err(SimSnapshotError::PowerCut(_)) => {
+                        cut.push(node);
+                        break;
+                    }
+                }
+            }
+            if cut.contains(&node) {
+                continue;
+            }
+            if !acks.snapshot_acks.is_empty() {
+                answers.push((core, acks));
+            }
+            if let Err(error) = sim_core.shard.on_peer_batch(batch) {
                 panic!(
-                    "seed {}: node {} refused a batch from {from}: {error}",
-                    self.config.seed,
-                    index + 1
+                    "seed {}: node {node} refused a batch from {from}: {error}",
+                    self.config.seed
                 );
+            }
+        }
+        for node in cut {
+            if self.is_up(node) {
+                self.stats.power_cuts += 1;
+                self.crash(node);
+            }
+        }
+        for (core, batch) in answers {
+            if self.is_up(batch.from) {
+                self.send(core, batch);
             }
         }
     }
@@ -454,6 +629,127 @@ impl ShardSim {
             }
         }
         values
+    }
+}
+
+impl SimCore {
+    /// One round of this core: the shard's round, then its output carried out as the reactor
+    /// does (`reactor/driver.rs`): compactions queued before the round's append, snapshot
+    /// writes to the store, offers streamed, fetches answered, replies delivered.
+    fn round(
+        &mut self,
+        output: &mut ShardOutput,
+        context: &mut RoundContext<'_>,
+    ) -> Result<(), SimSnapshotError> {
+        self.shard.round(output);
+        for event in output.events.drain(..) {
+            count_event(context.stats, &event);
+            context.events.push((context.node, event));
+        }
+        for batch in output.batches.drain(..) {
+            context.sent.push((context.core, batch));
+        }
+        for (group, index) in output.wal_compactions.drain(..) {
+            self.wal_work.push_back(WalWork::Compact(group, index));
+        }
+        if let Some((ticket, persists)) = output.wal_append.take() {
+            let delay = context.prng.range_inclusive(0, context.sync_rounds_max);
+            let at = context.round_number + delay;
+            self.wal_work
+                .push_back(WalWork::Append(at, ticket, persists));
+        }
+        self.run_wal(context);
+        for write in output.snapshot_writes.drain(..) {
+            let delay = context.prng.range_inclusive(0, context.sync_rounds_max);
+            self.snapshots
+                .queue_write(context.round_number + delay, write);
+        }
+        self.snapshots
+            .run_writes(context.round_number, &mut self.shard)?;
+        for (group, offer) in output.snapshot_offers.drain(..) {
+            let offer_context = OfferContext {
+                tick: context.tick_number,
+                prng: context.prng,
+                stats: context.stats,
+            };
+            self.snapshots
+                .offer(group, offer, offer_context, &mut self.shard)?;
+        }
+        let mut chunks = Vec::new();
+        self.snapshots.pump(
+            context.tick_number,
+            &mut self.shard,
+            context.stats,
+            &mut chunks,
+        );
+        context
+            .sent
+            .extend(chunks.into_iter().map(|batch| (context.core, batch)));
+        let node = context.node;
+        for (group, fetch) in output.fetches.drain(..) {
+            let entries = block_on(self.log.fetch_for(group, &fetch))
+                .unwrap_or_else(|e| panic!("node {node}: WAL fetch: {e}"));
+            self.shard.on_fetched(group, entries);
+        }
+        for (origin, response) in output.replies.drain(..) {
+            context
+                .responses
+                .entry((node, origin.connection))
+                .or_default()
+                .push_back(response);
+        }
+        Ok(())
+    }
+
+    /// Carries out the WAL work due by this round, in order (a later append is never durable
+    /// before an earlier one); purges once nothing is queued after a compaction.
+    fn run_wal(&mut self, context: &mut RoundContext<'_>) {
+        let node = context.node;
+        loop {
+            let due = match self.wal_work.front() {
+                Some(WalWork::Compact(..)) => true,
+                Some(WalWork::Append(at, _, _)) => *at <= context.round_number,
+                None => false,
+            };
+            if !due {
+                break;
+            }
+            let Some(work) = self.wal_work.pop_front() else {
+                break;
+            };
+            match work {
+                WalWork::Compact(group, index) => {
+                    self.log.compact(group, index);
+                    self.purge_wanted = true;
+                }
+                WalWork::Append(_, ticket, persists) => {
+                    let batch: Vec<_> = persists
+                        .iter()
+                        .map(|(group, persist)| (*group, persist))
+                        .collect();
+                    block_on(self.log.append(&batch))
+                        .unwrap_or_else(|e| panic!("node {node}: WAL append: {e}"));
+                    self.shard.on_wal_durable(ticket);
+                }
+            }
+        }
+        if self.purge_wanted && self.wal_work.is_empty() {
+            self.purge_wanted = false;
+            let freed = block_on(self.log.purge())
+                .unwrap_or_else(|e| panic!("node {node}: WAL purge: {e}"));
+            context.stats.segments_purged += freed as u64;
+        }
+    }
+}
+
+/// Counts a shard's snapshot event into the cluster's statistics.
+fn count_event(stats: &mut SnapshotStats, event: &ShardEvent) {
+    match event {
+        ShardEvent::SnapshotTaken { .. } => stats.taken += 1,
+        ShardEvent::SnapshotInstalled { .. } => stats.installed += 1,
+        ShardEvent::SnapshotFailed { .. } => stats.take_failed += 1,
+        ShardEvent::SnapshotRefused { .. } => stats.refused += 1,
+        _ => {}
     }
 }
 

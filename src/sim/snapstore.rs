@@ -114,6 +114,16 @@ impl SimSnapshotStore {
         self.state.borrow_mut().operations_left = Some(operations);
     }
 
+    /// Whether a power cut is scheduled or has happened (and no `crash` followed yet).
+    pub fn power_cut_pending(&self) -> bool {
+        self.state.borrow().operations_left.is_some()
+    }
+
+    /// Whether the scheduled power cut has happened: every operation fails until `crash`.
+    pub fn power_is_cut(&self) -> bool {
+        self.state.borrow().operations_left == Some(0)
+    }
+
     /// Operations performed so far.
     pub fn operation_count(&self) -> u64 {
         self.state.borrow().operation_count

@@ -170,7 +170,11 @@ pub fn restart_state(
         .rev()
         .find(|run| run.index <= loaded)
         .map(|run| run.term);
-    let agrees = wal.last_index > loaded && term_at_snapshot == Some(meta.last.term);
+    // A WAL whose first entry is the one right after the snapshot continues it too: an
+    // installed snapshot's mark dropped the entries up to it, or purge freed them.
+    let continues = term_at_snapshot == Some(meta.last.term)
+        || (term_at_snapshot.is_none() && wal.first_index == Some(loaded.next()));
+    let agrees = wal.last_index > loaded && continues;
     let (term_runs, last_index) = if agrees {
         (runs_after(&wal.term_runs, meta.last), wal.last_index)
     } else {
