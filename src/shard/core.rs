@@ -617,7 +617,6 @@ impl Shard {
         out.batches.append(&mut round.batches);
         out.snapshot_offers.append(&mut round.snapshot_offers);
         self.snapshot_steps(out);
-        out.wal_compactions.append(&mut self.wal_compactions);
         self.round_output = round;
         self.attach_forwards(&mut out.batches);
         out.replies.append(&mut self.replies);
