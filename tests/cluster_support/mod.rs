@@ -49,6 +49,8 @@ pub struct Node {
 pub struct Cluster {
     pub nodes: Vec<Node>,
     pub peers: String,
+    /// A `--peers` list given to one node instead of `peers` (see `set_peers`), by index.
+    peer_overrides: Vec<Option<String>>,
     /// Options given to every `ringraft server` beyond the ids, addresses and directory.
     server_args: Vec<String>,
     _root: tempfile::TempDir,
@@ -62,6 +64,15 @@ impl Cluster {
 
     /// As `new`, with `extra` added to every node's command line (e.g. snapshot settings).
     pub fn with_args(count: u64, extra: &[&str]) -> Cluster {
+        let mut cluster = Cluster::unstarted(count, extra);
+        for index in 0..cluster.nodes.len() {
+            cluster.start(index);
+        }
+        cluster
+    }
+
+    /// As `with_args`, but no node is started yet: the caller may `set_peers` first.
+    pub fn unstarted(count: u64, extra: &[&str]) -> Cluster {
         let root = tempfile::tempdir().expect("temporary directory");
         let nodes: Vec<Node> = (1..=count)
             .map(|id| Node {
@@ -87,19 +98,43 @@ impl Cluster {
             server_args.extend(["--wal-segment-mib".to_string(), "1".to_string()]);
         }
         server_args.extend(extra.iter().map(|arg| arg.to_string()));
-        let mut cluster = Cluster {
+        let peer_overrides = vec![None; nodes.len()];
+        Cluster {
             nodes,
             peers,
+            peer_overrides,
             server_args,
             _root: root,
-        };
-        for index in 0..cluster.nodes.len() {
-            cluster.start(index);
         }
-        cluster
+    }
+
+    /// The cluster's `--peers` list with node `index`'s peer address replaced by `address`:
+    /// given to the other nodes, it routes their connections to that node through `address`
+    /// (e.g. a proxy), while the node itself still binds its own entry.
+    pub fn peers_routing(&self, index: usize, address: &str) -> String {
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(at, node)| {
+                if at == index {
+                    format!("{}={address}", node.id)
+                } else {
+                    format!("{}=127.0.0.1:{}", node.id, node.peer_port)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Node `index` is started (from now on) with `peers` as its `--peers` list.
+    pub fn set_peers(&mut self, index: usize, peers: String) {
+        self.peer_overrides[index] = Some(peers);
     }
 
     pub fn start(&mut self, index: usize) {
+        let peers = self.peer_overrides[index]
+            .clone()
+            .unwrap_or_else(|| self.peers.clone());
         let node = &mut self.nodes[index];
         assert!(node.child.is_none(), "node {} is already running", node.id);
         std::fs::create_dir_all(&node.dir).expect("data directory");
@@ -114,7 +149,7 @@ impl Cluster {
                 "--node-id",
                 &node.id.to_string(),
                 "--peers",
-                &self.peers,
+                &peers,
             ])
             .args(["--client", &format!("127.0.0.1:{}", node.client_port)])
             .args(["--resp", &format!("127.0.0.1:{}", node.resp_port)])
