@@ -450,6 +450,62 @@ fn wait_caught_up(cluster: &mut Cluster, index: usize) {
     }
 }
 
+/// The newest index of each group's "snapshot taken" lines in `log`, by group slot.
+fn newest_snapshots(log: &str) -> Vec<u64> {
+    let mut newest = vec![0u64; GROUPS as usize];
+    for line in log.lines().filter(|line| line.contains("snapshot taken")) {
+        let group = field(line, "group").and_then(|group| group.parse::<usize>().ok());
+        let index = field(line, "index").and_then(|index| index.parse::<u64>().ok());
+        if let (Some(slot), Some(index)) = (group.and_then(|g| newest.get_mut(g)), index) {
+            *slot = (*slot).max(index);
+        }
+    }
+    newest
+}
+
+/// Waits until `nodes` have applied every group's commit and none has a snapshot due (each
+/// applied fewer than `snapshot_entries` entries past its newest snapshot, the shard's
+/// trigger), so the snapshot a restarted follower is offered stays the newest while it is
+/// being sent.
+fn wait_snapshots_settled(cluster: &mut Cluster, nodes: &[usize], snapshot_entries: u64) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        cluster.assert_running();
+        let statuses: Vec<_> = nodes.iter().map(|&index| cluster.status(index)).collect();
+        let mut unsettled = Vec::new();
+        for (&index, status) in nodes.iter().zip(&statuses) {
+            let newest = newest_snapshots(&cluster.full_log(index));
+            for group in status {
+                let slot = usize::try_from(group.group.0).unwrap_or(usize::MAX);
+                let commit = statuses
+                    .iter()
+                    .flatten()
+                    .filter(|other| other.group == group.group)
+                    .map(|other| other.commit.0)
+                    .max()
+                    .unwrap_or(0);
+                let snapshot = newest.get(slot).copied().unwrap_or(0);
+                if group.applied.0 < commit || snapshot + snapshot_entries <= group.applied.0 {
+                    unsettled.push(format!(
+                        "node {} group {slot}: applied {} of {commit}, newest snapshot {snapshot}",
+                        index + 1,
+                        group.applied.0
+                    ));
+                }
+            }
+        }
+        if unsettled.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "snapshots not settled within {DEADLINE:?}: {unsettled:?}\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(POLL);
+    }
+}
+
 fn seed(test_name: &str) -> u64 {
     let seed = match std::env::var(SEED_ENV) {
         Ok(text) => text
@@ -481,11 +537,12 @@ fn a_snapshot_transfer_cut_by_dropped_connections_resumes_where_it_stopped() {
     const KEYS: usize = 4000;
     const ROUNDS: u64 = 3;
     const CUTS: usize = 2;
+    const SNAPSHOT_ENTRIES: u64 = 2000;
     let mut cluster = Cluster::unstarted(
         3,
         &[
             "--snapshot-entries",
-            "2000",
+            &SNAPSHOT_ENTRIES.to_string(),
             "--snapshot-send-mib",
             "4",
             // A follower that installed a snapshot appends the entries after it in one
@@ -518,6 +575,8 @@ fn a_snapshot_transfer_cut_by_dropped_connections_resumes_where_it_stopped() {
         KEYS as u64 * ROUNDS,
         started.elapsed()
     );
+
+    wait_snapshots_settled(&mut cluster, &[0, 1], SNAPSHOT_ENTRIES);
 
     let offset = cluster.log_len(2);
     cluster.start(2);
