@@ -207,7 +207,7 @@ fn value_of(key: &str, round: u64, value_bytes: usize) -> Bytes {
 /// round starts once every write of the previous one is acknowledged, so each key ends
 /// with its last round's value). A write whose outcome is unknown is sent again with the
 /// same value, which leaves the same end state.
-fn write_rounds(cluster: &Cluster, endpoints: &str, keys: &[String], rounds: u64) {
+fn write_rounds(cluster: &mut Cluster, endpoints: &str, keys: &[String], rounds: u64) {
     const DEPTH: usize = 32;
     let deadline = Instant::now() + WRITE_DEADLINE;
     let mut client: Option<Client> = None;
@@ -216,6 +216,7 @@ fn write_rounds(cluster: &Cluster, endpoints: &str, keys: &[String], rounds: u64
         let mut pending: Vec<usize> = (0..keys.len()).rev().collect();
         let mut in_flight: Vec<(ringraft::wire::client::RequestId, usize)> = Vec::new();
         while !pending.is_empty() || !in_flight.is_empty() {
+            cluster.assert_running();
             assert!(
                 Instant::now() < deadline,
                 "round {round}: {} keys left after {WRITE_DEADLINE:?}; errors {errors:?}\n{}",
@@ -569,7 +570,8 @@ fn a_snapshot_transfer_cut_by_dropped_connections_resumes_where_it_stopped() {
 
     let keys: Vec<String> = (0..KEYS).map(key_name).collect();
     let started = Instant::now();
-    write_rounds(&cluster, &cluster.endpoints_except(2), &keys, ROUNDS);
+    let writers = cluster.endpoints_except(2);
+    write_rounds(&mut cluster, &writers, &keys, ROUNDS);
     eprintln!(
         "{} writes of {VALUE_BYTES} bytes with node 3 down in {:?}",
         KEYS as u64 * ROUNDS,

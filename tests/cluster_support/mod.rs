@@ -37,6 +37,18 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local address").port()
 }
 
+/// `count` distinct ephemeral ports: each is held until all are chosen, so no two are the
+/// same (a port bound and released at once may be handed out again by the next bind).
+pub fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|listener| listener.local_addr().expect("local address").port())
+        .collect()
+}
+
 pub struct Node {
     pub id: u64,
     pub client_port: u16,
@@ -74,12 +86,14 @@ impl Cluster {
     /// As `with_args`, but no node is started yet: the caller may `set_peers` first.
     pub fn unstarted(count: u64, extra: &[&str]) -> Cluster {
         let root = tempfile::tempdir().expect("temporary directory");
+        let ports = free_ports(3 * usize::try_from(count).expect("node count fits"));
         let nodes: Vec<Node> = (1..=count)
-            .map(|id| Node {
+            .zip(ports.chunks_exact(3))
+            .map(|(id, ports)| Node {
                 id,
-                client_port: free_port(),
-                resp_port: free_port(),
-                peer_port: free_port(),
+                client_port: ports[0],
+                resp_port: ports[1],
+                peer_port: ports[2],
                 dir: root.path().join(format!("node-{id}")),
                 child: None,
             })
