@@ -28,6 +28,8 @@ pub struct RaftConfig {
     pub append_bytes_max: u64,
     /// Entries in one append message.
     pub append_entries_max: usize,
+    /// Entry bytes sent to one follower per `Ready` once one append message is out.
+    pub append_flush_bytes_max: u64,
     /// Bytes of proposed, uncommitted entries a leader accepts before refusing proposals.
     pub uncommitted_bytes_max: u64,
     /// Bytes of entries kept in memory beyond what is still needed (see `RaftNode`).
@@ -66,6 +68,7 @@ impl RaftConfig {
             inflight_bytes_max: constants::INFLIGHT_BYTES_MAX,
             append_bytes_max: constants::APPEND_BYTES_MAX,
             append_entries_max: constants::APPEND_ENTRIES_MAX,
+            append_flush_bytes_max: constants::APPEND_FLUSH_BYTES_MAX,
             uncommitted_bytes_max: constants::UNCOMMITTED_BYTES_MAX,
             tail_bytes_max: constants::TAIL_BYTES_MAX,
             apply_bytes_max: constants::APPLY_BYTES_MAX,
@@ -101,6 +104,11 @@ impl RaftConfig {
             self.group,
             self.append_bytes_max,
             self.inflight_bytes_max
+        );
+        assert!(
+            self.append_flush_bytes_max > 0,
+            "group {}: append_flush_bytes_max must be positive",
+            self.group
         );
     }
 }

@@ -155,6 +155,9 @@ pub struct RaftNode {
     /// durable. No compaction can happen meanwhile (it is beyond applied), so the log still
     /// starts after it.
     pub(crate) snapshot_pending: Option<PersistPosition>,
+    /// A durable snapshot newer than where the log starts, which the caller also keeps
+    /// (`note_snapshot`); zero when none.
+    pub(crate) newest_snapshot: LogIndex,
 }
 
 impl RaftNode {
@@ -224,6 +227,7 @@ impl RaftNode {
             fetch_backoff_ticks: 0,
             snapshot_unsent: false,
             snapshot_pending: None,
+            newest_snapshot: LogIndex::ZERO,
         };
         node.reset_election_timer();
         node
