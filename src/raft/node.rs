@@ -29,7 +29,7 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use crate::constants::{COMMAND_BYTES_MAX, READ_INDEX_PENDING_MAX, VOTERS_MAX};
+use crate::constants::{READ_INDEX_PENDING_MAX, VOTERS_MAX};
 use crate::ids::{EntryId, LogIndex, NodeId, Term};
 use crate::prng::Prng;
 use crate::raft::config::{RaftConfig, RestoredState};
@@ -347,10 +347,10 @@ impl RaftNode {
     /// Append a command to the leader's log; it is replicated from the next `ready`.
     pub fn propose(&mut self, data: Bytes) -> Result<EntryId, ProposeError> {
         let data_bytes = data.len() as u64;
-        if data_bytes > COMMAND_BYTES_MAX {
+        if data_bytes > self.config.command_bytes_max {
             return Err(ProposeError::TooLarge {
                 bytes: data_bytes,
-                bytes_max: COMMAND_BYTES_MAX,
+                bytes_max: self.config.command_bytes_max,
             });
         }
         let id = EntryId::new(self.term, self.log.last().index.next());
