@@ -562,3 +562,66 @@ fn rolling_restart_under_write_load_loses_nothing() {
         }
     }
 }
+
+#[test]
+fn writes_too_large_for_the_wal_segments_are_refused_and_the_node_stays_up() {
+    // One group's WAL append must fit in one segment (1 MiB here): a value over the command
+    // limit derived from the segment is refused with BadRequest, and a pipelined burst of
+    // large values to one key is admitted only as far as fits (the rest Overloaded), so the
+    // node neither exits nor loses an acknowledged value.
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut cluster = Cluster::new(1);
+    let endpoint = cluster.endpoint(0);
+    put(&cluster, &endpoint, "ready", "yes");
+    let mut client = Client::connect(&endpoint, Duration::from_secs(10)).expect("connects");
+    let refused = client.put(
+        Bytes::from_static(b"big"),
+        Bytes::from(vec![b'b'; 400 * 1024]),
+    );
+    assert!(
+        matches!(
+            &refused,
+            Err(ringraft::client::ClientError::Server {
+                code: ErrorCode::BadRequest,
+                ..
+            })
+        ),
+        "a 400 KiB value with 1 MiB segments: {refused:?}"
+    );
+    let burst = 8u8;
+    let mut ids = Vec::new();
+    for fill in 0..burst {
+        let op = ringraft::wire::client::ClientOp::Write(ringraft::kv::command::Command::Put {
+            key: Bytes::from_static(b"burst"),
+            value: Bytes::from(vec![b'a' + fill; 200 * 1024]),
+        });
+        ids.push(client.send(op).expect("sends"));
+    }
+    let mut written = Vec::new();
+    for _ in 0..burst {
+        let response = client.recv().expect("a response for every request");
+        let fill = ids
+            .iter()
+            .position(|&id| id == response.id)
+            .expect("a response to a request sent") as u8;
+        match response.reply {
+            ringraft::wire::client::Reply::Written => written.push(fill),
+            ringraft::wire::client::Reply::Error {
+                code: ErrorCode::Overloaded,
+                ..
+            } => {}
+            other => panic!("write {fill} of the burst: {other:?}"),
+        }
+    }
+    assert!(!written.is_empty(), "no write of the burst was admitted");
+    cluster.assert_running();
+    let last = written.iter().max().copied().unwrap_or(0);
+    let value = get(&cluster, &endpoint, "burst");
+    assert_eq!(
+        value.as_deref(),
+        Some(vec![b'a' + last; 200 * 1024].as_slice()),
+        "the last acknowledged write of the burst (of {written:?})"
+    );
+}

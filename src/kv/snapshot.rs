@@ -354,22 +354,50 @@ impl SnapshotDecoder {
                 expected: "snapshot after an earlier error",
             });
         }
-        let result = if self.pending.is_empty() {
-            self.consume(bytes).map(|used| {
-                self.pending.extend_from_slice(&bytes[used..]);
+        let result = self.complete_pending(bytes).and_then(|taken| {
+            let rest = &bytes[taken..];
+            self.consume(rest).map(|used| {
+                self.pending.extend_from_slice(&rest[used..]);
             })
-        } else {
-            let mut pending = std::mem::take(&mut self.pending);
-            pending.extend_from_slice(bytes);
-            self.consume(&pending).map(|used| {
-                pending.drain(..used);
-                self.pending = pending;
-            })
-        };
+        });
         if result.is_err() {
             self.phase = DecodePhase::Failed;
         }
         result
+    }
+
+    /// Completes the item held in `pending` (less than one item) from the front of `bytes`,
+    /// copying twice as much each try, so a chunk costs about one item of copying rather than
+    /// all of it. Returns how much of `bytes` is left for `consume` to read in place: none
+    /// while the item is still incomplete (all of `bytes` is then pending).
+    fn complete_pending(&mut self, bytes: &[u8]) -> Result<usize, SnapshotError> {
+        if self.pending.is_empty() {
+            return Ok(0);
+        }
+        let mut pending = std::mem::take(&mut self.pending);
+        let mut taken = 0usize;
+        let mut step = pending.len().max(RECORD_PREFIX_BYTES);
+        while taken < bytes.len() {
+            let add = step.min(bytes.len() - taken);
+            pending.extend_from_slice(&bytes[taken..taken + add]);
+            taken += add;
+            let used = self.consume(&pending)?;
+            if used > 0 {
+                // Items start where the pending one did and it was incomplete before this
+                // call, so what `consume` left unread came from `bytes`: read it in place.
+                let unread = pending.len() - used;
+                assert!(
+                    unread <= taken,
+                    "snapshot decoder: {unread} unread bytes after taking {taken}"
+                );
+                pending.clear();
+                self.pending = pending;
+                return Ok(taken - unread);
+            }
+            step = step.saturating_mul(2);
+        }
+        self.pending = pending;
+        Ok(taken)
     }
 
     /// Ends the input: the snapshot must be complete, with nothing after its padding.
@@ -727,17 +755,25 @@ mod tests {
 
     #[test]
     fn chunks_of_any_size_decode_alike() {
-        // Feeding the bytes in pieces of 1, 7, 4096 bytes gives the same result as at once.
+        // Feeding the bytes in pieces of 1, 7, 4096 bytes, or of sizes that change from piece
+        // to piece (an item split across several), gives the same result as at once.
         let bytes = encoded(500, 512);
-        for piece in [1usize, 7, 4096] {
+        let sizes: [&[usize]; 4] = [&[1], &[7], &[4096], &[3, 250, 1, 64, 999, 2, 17]];
+        for cycle in sizes {
             let mut decoder = SnapshotDecoder::new();
-            for chunk in bytes.chunks(piece) {
-                decoder.feed(chunk).expect("feeds");
+            let mut at = 0;
+            for &piece in cycle.iter().cycle() {
+                if at == bytes.len() {
+                    break;
+                }
+                let end = (at + piece).min(bytes.len());
+                decoder.feed(&bytes[at..end]).expect("feeds");
+                at = end;
             }
             let restored = decoder.finish().expect("complete");
             assert!(
                 same_state(&restored.machine, &machine_with(500)),
-                "piece {piece}"
+                "pieces {cycle:?}"
             );
         }
     }

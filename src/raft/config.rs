@@ -28,8 +28,12 @@ pub struct RaftConfig {
     pub append_bytes_max: u64,
     /// Entries in one append message.
     pub append_entries_max: usize,
+    /// Entry bytes sent to one follower per `Ready` once one append message is out.
+    pub append_flush_bytes_max: u64,
     /// Bytes of proposed, uncommitted entries a leader accepts before refusing proposals.
     pub uncommitted_bytes_max: u64,
+    /// Bytes of one proposed command; larger ones are refused (`ProposeError::TooLarge`).
+    pub command_bytes_max: u64,
     /// Bytes of entries kept in memory beyond what is still needed (see `RaftNode`).
     pub tail_bytes_max: u64,
     /// Entry bytes handed out as `committed_entries` by one `Ready`.
@@ -52,6 +56,10 @@ pub enum Canary {
     SnapshotAckedBeforePersist,
 }
 
+/// WAL bytes `RaftConfig::fit_persists_within` leaves for what a persist writes besides
+/// entries (hard state, snapshot mark with its membership, batch header).
+const PERSIST_MARGIN_BYTES: u64 = 4096;
+
 impl RaftConfig {
     /// A configuration with every default from `crate::constants`.
     pub fn new(id: NodeId, group: GroupId) -> RaftConfig {
@@ -66,12 +74,29 @@ impl RaftConfig {
             inflight_bytes_max: constants::INFLIGHT_BYTES_MAX,
             append_bytes_max: constants::APPEND_BYTES_MAX,
             append_entries_max: constants::APPEND_ENTRIES_MAX,
+            append_flush_bytes_max: constants::APPEND_FLUSH_BYTES_MAX,
             uncommitted_bytes_max: constants::UNCOMMITTED_BYTES_MAX,
+            command_bytes_max: constants::COMMAND_BYTES_MAX,
             tail_bytes_max: constants::TAIL_BYTES_MAX,
             apply_bytes_max: constants::APPLY_BYTES_MAX,
             #[cfg(test)]
             canary: None,
         }
+    }
+
+    /// Lowers the byte limits so that no `Persist` of this group needs more than `bytes` of
+    /// WAL records: a leader persists at most its uncommitted entries (the first proposal
+    /// is admitted alone, so at most one command), a follower at most its in-flight window
+    /// plus one message, and a WAL record costs at most twice an entry's counted size
+    /// (`Entry::size_bytes`). A quarter of `bytes` for each, less a margin for the hard
+    /// state, snapshot mark and batch headers, keeps every persist within it.
+    pub fn fit_persists_within(&mut self, bytes: u64) {
+        let quarter = bytes.saturating_sub(PERSIST_MARGIN_BYTES) / 4;
+        self.uncommitted_bytes_max = self.uncommitted_bytes_max.min(quarter);
+        self.command_bytes_max = self.command_bytes_max.min(quarter);
+        self.append_bytes_max = self.append_bytes_max.min(quarter);
+        self.inflight_bytes_max = self.inflight_bytes_max.min(quarter);
+        self.append_flush_bytes_max = self.append_flush_bytes_max.min(quarter);
     }
 
     /// Panics, naming the values, if the configuration cannot work.
@@ -101,6 +126,11 @@ impl RaftConfig {
             self.group,
             self.append_bytes_max,
             self.inflight_bytes_max
+        );
+        assert!(
+            self.append_flush_bytes_max > 0,
+            "group {}: append_flush_bytes_max must be positive",
+            self.group
         );
     }
 }

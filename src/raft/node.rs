@@ -29,7 +29,7 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use crate::constants::{COMMAND_BYTES_MAX, READ_INDEX_PENDING_MAX, VOTERS_MAX};
+use crate::constants::{READ_INDEX_PENDING_MAX, VOTERS_MAX};
 use crate::ids::{EntryId, LogIndex, NodeId, Term};
 use crate::prng::Prng;
 use crate::raft::config::{RaftConfig, RestoredState};
@@ -155,6 +155,9 @@ pub struct RaftNode {
     /// durable. No compaction can happen meanwhile (it is beyond applied), so the log still
     /// starts after it.
     pub(crate) snapshot_pending: Option<PersistPosition>,
+    /// A durable snapshot newer than where the log starts, which the caller also keeps
+    /// (`note_snapshot`); zero when none.
+    pub(crate) newest_snapshot: LogIndex,
 }
 
 impl RaftNode {
@@ -224,6 +227,7 @@ impl RaftNode {
             fetch_backoff_ticks: 0,
             snapshot_unsent: false,
             snapshot_pending: None,
+            newest_snapshot: LogIndex::ZERO,
         };
         node.reset_election_timer();
         node
@@ -343,10 +347,10 @@ impl RaftNode {
     /// Append a command to the leader's log; it is replicated from the next `ready`.
     pub fn propose(&mut self, data: Bytes) -> Result<EntryId, ProposeError> {
         let data_bytes = data.len() as u64;
-        if data_bytes > COMMAND_BYTES_MAX {
+        if data_bytes > self.config.command_bytes_max {
             return Err(ProposeError::TooLarge {
                 bytes: data_bytes,
-                bytes_max: COMMAND_BYTES_MAX,
+                bytes_max: self.config.command_bytes_max,
             });
         }
         let id = EntryId::new(self.term, self.log.last().index.next());

@@ -25,8 +25,10 @@ struct AppendContext<'a> {
     bytes_max: u64,
     inflight_appends_max: usize,
     inflight_bytes_max: u64,
-    /// The snapshot offered to a follower whose next entry is compacted (thesis §5) ends
-    /// where the log starts and carries this membership.
+    flush_bytes_max: u64,
+    /// The snapshot offered to a follower whose next entry is compacted (thesis §5): the
+    /// newest the caller keeps (`RaftNode::snapshot_to_offer`), with this membership.
+    snapshot: EntryId,
     membership: &'a Membership,
     /// Leader ticks before the snapshot may be offered to the same follower again.
     snapshot_backoff_ticks: u32,
@@ -35,6 +37,7 @@ struct AppendContext<'a> {
 impl RaftNode {
     /// Build the leader's pending heartbeats, appends and TimeoutNow (called from `ready`).
     pub(crate) fn flush_leader(&mut self) {
+        let snapshot = self.snapshot_to_offer();
         let Role::Leader(state) = &mut self.role else {
             return;
         };
@@ -49,6 +52,8 @@ impl RaftNode {
             bytes_max: self.config.append_bytes_max,
             inflight_appends_max: self.config.inflight_appends_max,
             inflight_bytes_max: self.config.inflight_bytes_max,
+            flush_bytes_max: self.config.append_flush_bytes_max,
+            snapshot,
             membership: &self.membership,
             snapshot_backoff_ticks: self.config.election_timeout_ticks.get(),
         };
@@ -397,7 +402,7 @@ fn offer_snapshot(
     if progress.snapshot_backoff_ticks > 0 {
         return;
     }
-    let last = context.log.before_first();
+    let last = context.snapshot;
     assert!(
         last.index > LogIndex::ZERO,
         "leader {}: follower {} needs entry {} that no snapshot covers",
@@ -419,15 +424,19 @@ fn offer_snapshot(
     progress.become_snapshot(last.index, context.snapshot_backoff_ticks);
 }
 
-/// Send what the window allows to one follower. Reports the first entry not in memory.
+/// Send what the window allows to one follower, up to `flush_bytes_max` this time (the
+/// acknowledgements of these messages bring the next flush). Reports the first entry not in
+/// memory.
 fn send_appends(
     context: &AppendContext<'_>,
     progress: &mut Progress,
     messages: &mut Vec<Message>,
 ) -> Result<(), Missing> {
     let last_index = context.log.last().index;
+    let mut flushed_bytes = 0u64;
     while progress.can_send(context.inflight_appends_max, context.inflight_bytes_max)
         && progress.next <= last_index
+        && flushed_bytes < context.flush_bytes_max
     {
         let Some(prev_index) = progress.next.prev() else {
             break;
@@ -458,6 +467,7 @@ fn send_appends(
             },
         });
         progress.sent(last, bytes, entry_count);
+        flushed_bytes += bytes;
     }
     probe_past_the_end(context, progress, messages);
     Ok(())

@@ -46,6 +46,29 @@ impl RaftNode {
         Ok(())
     }
 
+    /// The caller keeps a durable snapshot at `index` (at most the applied index) beside the
+    /// log, which still starts at an older one: a follower that needs a snapshot is offered
+    /// this newest one, so it does not replay the entries between the two (the leader may
+    /// send any snapshot of committed state, thesis §5.3). An index at or below where the log
+    /// starts, or beyond applied, is ignored.
+    pub fn note_snapshot(&mut self, index: LogIndex) {
+        if index > self.log.before_first().index && index <= self.applied {
+            self.newest_snapshot = self.newest_snapshot.max(index);
+        }
+    }
+
+    /// The snapshot a follower that needs one is offered: the newest the caller noted, while
+    /// the log still knows its term, else the one the log starts at.
+    pub(crate) fn snapshot_to_offer(&self) -> crate::ids::EntryId {
+        let start = self.log.before_first();
+        if self.newest_snapshot > start.index
+            && let Some(term) = self.log.term_at(self.newest_snapshot)
+        {
+            return crate::ids::EntryId::new(term, self.newest_snapshot);
+        }
+        start
+    }
+
     /// The newest snapshot this node knows of (restored, compacted or installed): where the
     /// log starts, with the group's membership.
     pub fn snapshot(&self) -> Option<SnapshotMeta> {

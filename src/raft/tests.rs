@@ -75,6 +75,8 @@ struct Cluster {
     delivered: Vec<Message>,
     /// Messages for which this returns true are dropped.
     filter: Option<fn(&mut Message) -> bool>,
+    /// The most entry bytes one `Ready` sent to one follower.
+    largest_flush: u64,
     prng: Prng,
 }
 
@@ -132,6 +134,7 @@ impl Cluster {
             cut: BTreeSet::new(),
             delivered: Vec::new(),
             filter: None,
+            largest_flush: 0,
             prng,
         }
     }
@@ -165,6 +168,15 @@ impl Cluster {
     fn handle_ready(&mut self, id: NodeId) {
         let peer = self.peers.get_mut(&id).expect("peer exists");
         let ready: Ready = peer.node.ready();
+        let mut flushed: BTreeMap<NodeId, u64> = BTreeMap::new();
+        for message in &ready.messages {
+            if let MessageBody::Append { entries, .. } = &message.body {
+                *flushed.entry(message.to).or_default() +=
+                    entries.iter().map(Entry::size_bytes).sum::<u64>();
+            }
+        }
+        let largest = flushed.values().copied().max().unwrap_or(0);
+        self.largest_flush = self.largest_flush.max(largest);
         self.network.extend(ready.messages);
         if let Some(persist) = ready.persist {
             peer.held.push_back((persist, ready.messages_after_persist));
@@ -1043,6 +1055,41 @@ fn tail_stays_bounded_and_lagging_follower_catches_up() {
 }
 
 #[test]
+fn a_lagging_follower_is_caught_up_a_flush_at_a_time() {
+    // A follower back from a partition gets at most `append_flush_bytes_max` (plus the message
+    // that crosses it) per leader Ready, the rest as its acknowledgements return; without the
+    // limit the whole in-flight window would leave in one Ready.
+    let catch_up = |flush_bytes_max: u64| {
+        let mut cluster = Cluster::with_config(3, |config| {
+            config.append_bytes_max = 200;
+            config.append_flush_bytes_max = flush_bytes_max;
+        });
+        cluster.elect(1);
+        cluster.isolate(3);
+        let mut expected = Vec::new();
+        for _ in 0..100 {
+            cluster.propose(1, "sixteen-bytes-ok");
+            expected.push(data("sixteen-bytes-ok"));
+        }
+        cluster.largest_flush = 0;
+        cluster.heal();
+        cluster.tick_until(50, |c| c.applied_texts(3).len() == expected.len());
+        assert_eq!(cluster.applied_texts(3), expected);
+        cluster.largest_flush
+    };
+    let limited = catch_up(300);
+    assert!(
+        limited > 0 && limited < 300 + 200,
+        "a Ready sent {limited} bytes to one follower"
+    );
+    let unlimited = catch_up(u64::MAX);
+    assert!(
+        unlimited >= 1000,
+        "without a flush limit the window left in one Ready of only {unlimited} bytes"
+    );
+}
+
+#[test]
 fn uncommitted_bytes_are_limited() {
     // Thesis §10.2: a leader that cannot commit stops accepting proposals at the
     // uncommitted-bytes limit, and accepts again once entries commit.
@@ -1381,4 +1428,46 @@ fn snapshot_of_a_later_term_than_its_message_is_refused() {
             applied: LogIndex::ZERO
         })
     );
+}
+
+#[test]
+fn a_follower_needing_a_snapshot_is_offered_the_newest_one_kept() {
+    // Thesis §5.3: the leader may send any snapshot of committed state. The log starts at
+    // the older of two kept snapshots; the follower is offered the newer one noted beside it
+    // (and the one the log starts at when none is noted), so it replays fewer entries.
+    static OFFERED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let offered = |note: Option<u64>| {
+        let mut cluster = Cluster::new(3);
+        cluster.elect(1);
+        cluster.isolate(3);
+        for _ in 0..20 {
+            cluster.propose(1, "entry");
+        }
+        let applied = cluster.raft(1).applied;
+        assert!(applied >= LogIndex(20), "leader applied only {applied}");
+        cluster.raft(1).compact(LogIndex(5)).expect("compacts");
+        if let Some(index) = note {
+            cluster.raft(1).note_snapshot(LogIndex(index));
+        }
+        OFFERED.store(0, std::sync::atomic::Ordering::SeqCst);
+        cluster.filter = Some(|message| {
+            let MessageBody::InstallSnapshot { snapshot } = &message.body else {
+                return false;
+            };
+            OFFERED.store(
+                snapshot.last.index.get(),
+                std::sync::atomic::Ordering::SeqCst,
+            );
+            true
+        });
+        cluster.heal();
+        cluster.tick_until(20, |_| {
+            OFFERED.load(std::sync::atomic::Ordering::SeqCst) != 0
+        });
+        OFFERED.load(std::sync::atomic::Ordering::SeqCst)
+    };
+    assert_eq!(offered(None), 5);
+    assert_eq!(offered(Some(15)), 15);
+    // Beyond what the leader applied, a note is ignored.
+    assert_eq!(offered(Some(500)), 5);
 }

@@ -17,7 +17,9 @@ pub async fn gather_frames(frames: &LocalReceiver<Vec<u8>>, out: &mut Vec<u8>) -
     let Some(first) = frames.recv().await else {
         return false;
     };
-    if out.capacity() == 0 && first.len() >= SOCKET_WRITE_GATHER_BYTES {
+    if first.len() >= SOCKET_WRITE_GATHER_BYTES {
+        // Large enough alone (a snapshot chunk, a catch-up append): written as it is, not
+        // copied; its buffer serves the next gathers.
         *out = first;
         return true;
     }
@@ -38,7 +40,8 @@ mod tests {
 
     #[test]
     fn queued_frames_are_gathered_in_order_and_close_ends() {
-        // Three queued frames come out as one buffer in order; a closed, empty channel ends.
+        // Three queued frames come out as one buffer in order, a large frame alone as it is;
+        // a closed, empty channel ends.
         let config = crate::reactor::executor::ExecutorConfig::new("test-gather");
         let handle = crate::reactor::executor::spawn_executor(&config, || async {
             let (sender, receiver) = glommio::channels::local_channel::new_unbounded();
@@ -49,9 +52,18 @@ mod tests {
             assert!(gather_frames(&receiver, &mut out).await);
             assert_eq!(out, b"abcdef");
             sender.try_send(b"g".to_vec()).expect("unbounded");
-            drop(sender);
             assert!(gather_frames(&receiver, &mut out).await);
             assert_eq!(out, b"g");
+            // A frame large enough alone is handed over as it is, not copied.
+            let large = vec![7u8; SOCKET_WRITE_GATHER_BYTES];
+            let at = large.as_ptr();
+            sender.try_send(large).expect("unbounded");
+            sender.try_send(b"h".to_vec()).expect("unbounded");
+            assert!(gather_frames(&receiver, &mut out).await);
+            assert_eq!((out.as_ptr(), out.len()), (at, SOCKET_WRITE_GATHER_BYTES));
+            assert!(gather_frames(&receiver, &mut out).await);
+            assert_eq!(out, b"h");
+            drop(sender);
             assert!(!gather_frames(&receiver, &mut out).await);
         })
         .expect("executor starts");

@@ -29,7 +29,7 @@ use crate::reactor::context::Bell;
 use crate::reactor::gather::gather_frames;
 use crate::shard::{Batch, BatchError};
 use crate::wire::frame::FRAME_HEADER_BYTES;
-use crate::wire::{FrameError, FrameHeader, WireError, decode_batch, encode_batch};
+use crate::wire::{FrameError, FrameHeader, WireError, decode_batch_shared, encode_batch};
 
 /// First bytes of every hello payload: "ringraft peer, version 1".
 pub const HELLO_MAGIC: [u8; 4] = *b"RRP1";
@@ -363,7 +363,8 @@ where
             Ok(payload) => payload,
             Err(error) => return error,
         };
-        let (core, batch) = match decode_batch(&payload) {
+        let payload = bytes::Bytes::from(payload);
+        let (core, batch) = match decode_batch_shared(&payload) {
             Ok(decoded) => decoded,
             Err(error) => return PeerError::Wire(error),
         };
@@ -428,7 +429,7 @@ mod tests {
         );
         let mut builder = FlatBufferBuilder::new();
         let frame = encode_frame(&mut builder, &batch, CoreId(1));
-        let decoded = decode_batch(&frame[FRAME_HEADER_BYTES..]).expect("decodes");
+        let decoded = crate::wire::decode_batch(&frame[FRAME_HEADER_BYTES..]).expect("decodes");
         assert_eq!(decoded, (CoreId(1), batch));
     }
 }

@@ -425,6 +425,9 @@ fn shard_config(
             entries: options.snapshot_entries,
             alignment: snapshot_alignment,
         },
+        wal_record_capacity_bytes: options
+            .wal_segment_bytes
+            .saturating_sub(crate::constants::WAL_HEADER_BLOCK_BYTES),
     }
 }
 

@@ -81,6 +81,9 @@ pub struct ShardConfig {
     pub request_timeout_ticks: Ticks,
     pub seed: u64,
     pub snapshot: SnapshotPolicy,
+    /// Bytes of records one WAL segment holds: one group's persist must fit in it, so each
+    /// group's Raft limits are kept within it (`RaftConfig::fit_persists_within`).
+    pub wal_record_capacity_bytes: u64,
 }
 
 impl ShardConfig {
@@ -403,6 +406,7 @@ impl Shard {
             let mut raft_config = RaftConfig::new(config.node, group);
             raft_config.election_timeout_ticks = config.election_timeout_ticks;
             raft_config.heartbeat_interval_ticks = config.heartbeat_interval_ticks;
+            raft_config.fit_persists_within(config.wal_record_capacity_bytes);
             let raft = RaftNode::new(raft_config, state, seeds.fork());
             multi
                 .add_group(group, raft)

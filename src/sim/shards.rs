@@ -200,6 +200,10 @@ impl ShardSim {
                 entries: self.config.snapshot_entries,
                 alignment: SIM_ALIGNMENT_BYTES,
             },
+            wal_record_capacity_bytes: self
+                .config
+                .wal_segment_bytes
+                .saturating_sub(crate::constants::WAL_HEADER_BLOCK_BYTES),
         }
     }
 

@@ -14,4 +14,4 @@ mod generated;
 
 pub use batch::{Batch, Forward};
 pub use frame::{FrameError, FrameHeader};
-pub use raft::{WireError, decode_batch, encode_batch};
+pub use raft::{WireError, decode_batch, decode_batch_shared, encode_batch};

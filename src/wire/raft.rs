@@ -343,6 +343,19 @@ fn encode_body(
 /// Verifies and decodes one `Batch` payload (without its frame header); returns the sending
 /// core with it.
 pub fn decode_batch(bytes: &[u8]) -> Result<(CoreId, Batch), WireError> {
+    decode_batch_with(bytes, Bytes::copy_from_slice)
+}
+
+/// `decode_batch` of a payload held in `Bytes`: snapshot chunks' data share its memory
+/// instead of being copied (a chunk lives until staged, then the payload is freed).
+pub fn decode_batch_shared(payload: &Bytes) -> Result<(CoreId, Batch), WireError> {
+    decode_batch_with(payload, |data| payload.slice_ref(data))
+}
+
+fn decode_batch_with(
+    bytes: &[u8],
+    chunk_data: impl Fn(&[u8]) -> Bytes,
+) -> Result<(CoreId, Batch), WireError> {
     let batch = fb::root_as_batch(bytes).map_err(|e| WireError::Invalid(e.to_string()))?;
     let from = node(batch.from(), "batch.from")?;
     let to = node(batch.to(), "batch.to")?;
@@ -407,7 +420,7 @@ pub fn decode_batch(bytes: &[u8]) -> Result<(CoreId, Batch), WireError> {
             snapshot: decode_snapshot(chunk.snapshot(), chunk.group())?,
             offset: chunk.offset(),
             total_bytes: chunk.total_bytes(),
-            data: Bytes::copy_from_slice(chunk.data().bytes()),
+            data: chunk_data(chunk.data().bytes()),
         });
     }
     let snapshot_acks = batch

@@ -389,7 +389,16 @@ impl Shard {
         let Some(&oldest) = snapshots.kept.front() else {
             return;
         };
-        if let Err(error) = self.multi.with_group(group, |raft| raft.compact(oldest)) {
+        // The log starts at the oldest kept snapshot (the fallback should the newest turn out
+        // corrupt); followers that need a snapshot get the newest.
+        // A snapshot just installed from the leader is beyond the core's applied index until
+        // its persist is durable, and the core's log already starts there: the core refuses
+        // that compaction (and that note), which leaves nothing undone.
+        let compacted = self.multi.with_group(group, |raft| {
+            let _ = raft.compact(oldest);
+            raft.note_snapshot(index);
+        });
+        if let Err(error) = compacted {
             panic!("shard: compacting group {group} to {oldest}: {error}");
         }
         self.wal_compactions.push((group, oldest));

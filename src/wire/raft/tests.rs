@@ -350,7 +350,17 @@ fn largest_chunk_fits_a_frame_and_the_estimate() {
         bytes.len(),
         batch.size_bytes()
     );
-    assert_eq!(decode_batch(&bytes), Ok((CoreId(1), batch)));
+    assert_eq!(decode_batch(&bytes), Ok((CoreId(1), batch.clone())));
+    // Decoded from a shared payload, the chunk's data is the payload's own memory.
+    let payload = Bytes::from(bytes);
+    let (_, shared) = decode_batch_shared(&payload).expect("decodes");
+    assert_eq!(shared, batch);
+    let data = &shared.snapshot_chunks[0].data;
+    let within = payload.as_ptr_range();
+    assert!(
+        within.contains(&data.as_ptr()) && data.as_ptr_range().end <= within.end,
+        "chunk data copied out of the payload"
+    );
 
     let mut batch = Batch::new(NodeId(1), NodeId(2));
     let data = Bytes::from(vec![0x5a; SNAPSHOT_CHUNK_BYTES]);
