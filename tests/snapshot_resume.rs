@@ -546,10 +546,6 @@ fn a_snapshot_transfer_cut_by_dropped_connections_resumes_where_it_stopped() {
             &SNAPSHOT_ENTRIES.to_string(),
             "--snapshot-send-mib",
             "4",
-            // A follower that installed a snapshot appends the entries after it in one
-            // write of up to 8 MiB here, which must fit one segment.
-            "--wal-segment-mib",
-            "16",
         ],
     );
     let target = SocketAddr::from(([127, 0, 0, 1], cluster.nodes[2].peer_port));
