@@ -153,8 +153,10 @@ fn accept_loop(listener: &TcpListener, target: SocketAddr, state: &Arc<ProxyStat
     }
 }
 
-/// Copies `from` into `to` until either closes; bytes toward the target are counted and
-/// may trigger the armed cut.
+/// Copies `from` into `to` until either closes. Bytes toward the target are counted, and
+/// the read that reaches the armed cut is dropped, not forwarded, before every connection
+/// is cut: what the sender wrote last is lost for certain (bytes already forwarded may
+/// still arrive), so the receiver sees a gap or a truncated frame, as with a real failure.
 fn pump(mut from: TcpStream, mut to: TcpStream, state: &ProxyState, toward_target: bool) {
     let mut buffer = vec![0u8; PROXY_BUFFER_BYTES];
     loop {
@@ -164,16 +166,10 @@ fn pump(mut from: TcpStream, mut to: TcpStream, state: &ProxyState, toward_targe
             Err(error) if error.kind() == ErrorKind::Interrupted => continue,
             Err(_) => break,
         };
-        if to.write_all(&buffer[..count]).is_err() {
-            break;
-        }
         if toward_target {
-            let total = state
-                .to_target_bytes
-                .fetch_add(count as u64, Ordering::SeqCst)
-                + count as u64;
+            let passed = state.to_target_bytes.load(Ordering::SeqCst);
             let at = state.cut_at.load(Ordering::SeqCst);
-            if total >= at
+            if passed + count as u64 >= at
                 && state
                     .cut_at
                     .compare_exchange(at, UNARMED, Ordering::SeqCst, Ordering::SeqCst)
@@ -183,9 +179,18 @@ fn pump(mut from: TcpStream, mut to: TcpStream, state: &ProxyState, toward_targe
                     .cuts
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .push(total);
+                    .push(passed);
                 state.cut_all();
+                break;
             }
+        }
+        if to.write_all(&buffer[..count]).is_err() {
+            break;
+        }
+        if toward_target {
+            state
+                .to_target_bytes
+                .fetch_add(count as u64, Ordering::SeqCst);
         }
     }
     let _ = from.shutdown(Shutdown::Both);
