@@ -27,14 +27,12 @@ use ringraft::kv::Command;
 use ringraft::prng::Prng;
 use ringraft::wire::client::{ClientOp, ErrorCode, Reply, RequestId};
 
-use cluster_support::{Cluster, DEADLINE, GROUPS, POLL, put, serial};
+use cluster_support::{Cluster, DEADLINE, GROUPS, POLL, put, seed, serial};
 
 /// How long one writer may run before the test gives up on it.
 const WRITER_DEADLINE: Duration = Duration::from_secs(90);
 /// Client timeout of the writers and readers.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Environment variable with the replay seed of the randomized test.
-const SEED_ENV: &str = "RINGRAFT_SEED";
 
 fn key_name(index: usize) -> String {
     format!("key-{index:05}")
@@ -776,24 +774,6 @@ fn wal_disk_usage_stays_bounded_during_a_long_write_run_with_a_small_key_space()
         );
     }
     check_node(&cluster, 0, &ledgers, 10);
-}
-
-fn seed(test_name: &str) -> u64 {
-    let seed = match std::env::var(SEED_ENV) {
-        Ok(text) => text
-            .parse::<u64>()
-            .unwrap_or_else(|error| panic!("{SEED_ENV}={text:?} is not a u64: {error}")),
-        Err(_) => {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|elapsed| elapsed.as_nanos())
-                .unwrap_or(0);
-            (nanos as u64) ^ u64::from(std::process::id()).rotate_left(32)
-        }
-    };
-    println!("{test_name}: seed {seed} (replay with {SEED_ENV}={seed})");
-    eprintln!("{test_name}: seed {seed} (replay with {SEED_ENV}={seed})");
-    seed
 }
 
 #[test]

@@ -24,10 +24,8 @@ use ringraft::kv::Command;
 use ringraft::prng::Prng;
 use ringraft::wire::client::{ClientOp, Reply};
 
-use cluster_support::{Cluster, DEADLINE, GROUPS, POLL, put, serial};
+use cluster_support::{Cluster, DEADLINE, GROUPS, POLL, put, seed, serial};
 
-/// Environment variable with the replay seed of the randomized test.
-const SEED_ENV: &str = "RINGRAFT_SEED";
 /// Client timeout of the writer and the reader.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the writes with node 3 down may take.
@@ -510,24 +508,6 @@ fn wait_snapshots_settled(cluster: &mut Cluster, nodes: &[usize], snapshot_entri
         );
         std::thread::sleep(POLL);
     }
-}
-
-fn seed(test_name: &str) -> u64 {
-    let seed = match std::env::var(SEED_ENV) {
-        Ok(text) => text
-            .parse::<u64>()
-            .unwrap_or_else(|error| panic!("{SEED_ENV}={text:?} is not a u64: {error}")),
-        Err(_) => {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|elapsed| elapsed.as_nanos())
-                .unwrap_or(0);
-            (nanos as u64) ^ u64::from(std::process::id()).rotate_left(32)
-        }
-    };
-    println!("{test_name}: seed {seed} (replay with {SEED_ENV}={seed})");
-    eprintln!("{test_name}: seed {seed} (replay with {SEED_ENV}={seed})");
-    seed
 }
 
 #[test]

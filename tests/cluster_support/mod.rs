@@ -347,3 +347,26 @@ pub fn get(cluster: &Cluster, endpoints: &str, key: &str) -> Option<Bytes> {
         client.get(Bytes::copy_from_slice(key.as_bytes()))
     })
 }
+
+/// The variable that replays a randomized test.
+pub const SEED_ENV: &str = "RINGRAFT_SEED";
+
+/// The seed of a randomized test: `RINGRAFT_SEED` when set (a replay), else fresh; printed
+/// first so a failing run can be replayed.
+pub fn seed(test_name: &str) -> u64 {
+    let seed = match std::env::var(SEED_ENV) {
+        Ok(text) => text
+            .parse::<u64>()
+            .unwrap_or_else(|error| panic!("{SEED_ENV}={text:?} is not a u64: {error}")),
+        Err(_) => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|elapsed| elapsed.as_nanos())
+                .unwrap_or(0);
+            (nanos as u64) ^ u64::from(std::process::id()).rotate_left(32)
+        }
+    };
+    println!("{test_name}: seed {seed} (replay with {SEED_ENV}={seed})");
+    eprintln!("{test_name}: seed {seed} (replay with {SEED_ENV}={seed})");
+    seed
+}
