@@ -27,7 +27,7 @@ use ringraft::kv::Command;
 use ringraft::prng::Prng;
 use ringraft::wire::client::{ClientOp, ErrorCode, Reply, RequestId};
 
-use cluster_support::{Cluster, DEADLINE, GROUPS, POLL, put, seed, serial};
+use cluster_support::{Cluster, DEADLINE, GROUPS, POLL, put, read_through, seed, serial};
 
 /// How long one writer may run before the test gives up on it.
 const WRITER_DEADLINE: Duration = Duration::from_secs(90);
@@ -357,71 +357,6 @@ fn wait_caught_up(cluster: &mut Cluster, index: usize) {
         );
         std::thread::sleep(POLL);
     }
-}
-
-/// Reads `keys` through node `index` alone, pipelined; a failed batch is read again until
-/// the deadline.
-fn read_through(cluster: &Cluster, index: usize, keys: &[String]) -> Vec<Option<Bytes>> {
-    const BATCH: usize = 64;
-    let endpoint = cluster.endpoint(index);
-    let mut values = Vec::with_capacity(keys.len());
-    let mut client: Option<Client> = None;
-    let deadline = Instant::now() + DEADLINE;
-    let mut start = 0;
-    while start < keys.len() {
-        let end = (start + BATCH).min(keys.len());
-        let attempt = read_batch(&mut client, &endpoint, &keys[start..end]);
-        match attempt {
-            Ok(batch) => {
-                values.extend(batch);
-                start = end;
-            }
-            Err(error) => {
-                client = None;
-                assert!(
-                    Instant::now() < deadline,
-                    "reading through node {} failed until the deadline: {error}\n{}",
-                    index + 1,
-                    cluster.logs()
-                );
-                std::thread::sleep(POLL);
-            }
-        }
-    }
-    values
-}
-
-fn read_batch(
-    client: &mut Option<Client>,
-    endpoint: &str,
-    keys: &[String],
-) -> Result<Vec<Option<Bytes>>, String> {
-    let connected = match client {
-        Some(connected) => connected,
-        None => {
-            client.insert(Client::connect(endpoint, CLIENT_TIMEOUT).map_err(|e| e.to_string())?)
-        }
-    };
-    let mut ids = Vec::with_capacity(keys.len());
-    for key in keys {
-        let op = ClientOp::Get {
-            key: Bytes::copy_from_slice(key.as_bytes()),
-        };
-        ids.push(connected.send(op).map_err(|e| e.to_string())?);
-    }
-    let mut answers: HashMap<RequestId, Option<Bytes>> = HashMap::new();
-    while answers.len() < ids.len() {
-        let response = connected.recv().map_err(|e| e.to_string())?;
-        match response.reply {
-            Reply::Value(value) => {
-                answers.insert(response.id, value);
-            }
-            other => return Err(format!("a read answered {other:?}")),
-        }
-    }
-    ids.iter()
-        .map(|id| answers.remove(id).ok_or(format!("no answer to {id:?}")))
-        .collect()
 }
 
 /// Reads every key of `ledgers` (or every `sample_every`-th) through node `index` and checks

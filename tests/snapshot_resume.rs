@@ -24,7 +24,7 @@ use ringraft::kv::Command;
 use ringraft::prng::Prng;
 use ringraft::wire::client::{ClientOp, Reply};
 
-use cluster_support::{Cluster, DEADLINE, GROUPS, POLL, put, seed, serial};
+use cluster_support::{Cluster, DEADLINE, GROUPS, POLL, put, read_through, seed, serial};
 
 /// Client timeout of the writer and the reader.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -287,59 +287,6 @@ fn write_rounds(cluster: &mut Cluster, endpoints: &str, keys: &[String], rounds:
 
 /// Value bytes of every write: a snapshot of a group holds about half the keys times this.
 const VALUE_BYTES: usize = 4096;
-
-/// Reads `keys` through node `index` alone, pipelined in batches; a failed batch is read
-/// again until the deadline.
-fn read_through(cluster: &Cluster, index: usize, keys: &[String]) -> Vec<Option<Bytes>> {
-    const BATCH: usize = 64;
-    let endpoint = cluster.endpoint(index);
-    let deadline = Instant::now() + DEADLINE;
-    let mut values = Vec::with_capacity(keys.len());
-    let mut start = 0;
-    while start < keys.len() {
-        let end = (start + BATCH).min(keys.len());
-        match read_batch(&endpoint, &keys[start..end]) {
-            Ok(batch) => {
-                values.extend(batch);
-                start = end;
-            }
-            Err(error) => {
-                assert!(
-                    Instant::now() < deadline,
-                    "reading through node {} failed until the deadline: {error}\n{}",
-                    index + 1,
-                    cluster.logs()
-                );
-                std::thread::sleep(POLL);
-            }
-        }
-    }
-    values
-}
-
-fn read_batch(endpoint: &str, keys: &[String]) -> Result<Vec<Option<Bytes>>, String> {
-    let mut client = Client::connect(endpoint, CLIENT_TIMEOUT).map_err(|e| e.to_string())?;
-    let mut ids = Vec::with_capacity(keys.len());
-    for key in keys {
-        let op = ClientOp::Get {
-            key: Bytes::copy_from_slice(key.as_bytes()),
-        };
-        ids.push(client.send(op).map_err(|e| e.to_string())?);
-    }
-    let mut values: Vec<Option<Option<Bytes>>> = vec![None; keys.len()];
-    for _ in 0..keys.len() {
-        let response = client.recv().map_err(|e| e.to_string())?;
-        let slot = ids
-            .iter()
-            .position(|id| *id == response.id)
-            .ok_or_else(|| format!("response to unknown {:?}", response.id))?;
-        match response.reply {
-            Reply::Value(value) => values[slot] = Some(value),
-            other => return Err(format!("{}: {other:?}", keys[slot])),
-        }
-    }
-    Ok(values.into_iter().map(Option::flatten).collect())
-}
 
 /// The value of `field=` in a log line (fields are space-separated `name=value`).
 fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {

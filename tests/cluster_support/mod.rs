@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ringraft::client::{Client, ClientError};
-use ringraft::wire::client::GroupStatus;
+use std::collections::HashMap;
+
+use ringraft::wire::client::{ClientOp, GroupStatus, Reply, RequestId};
 
 /// One cluster at a time: three processes already share two cores.
 pub static SERIAL: Mutex<()> = Mutex::new(());
@@ -369,4 +371,71 @@ pub fn seed(test_name: &str) -> u64 {
     println!("{test_name}: seed {seed} (replay with {SEED_ENV}={seed})");
     eprintln!("{test_name}: seed {seed} (replay with {SEED_ENV}={seed})");
     seed
+}
+
+/// Client timeout of `read_through`.
+const READ_CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reads `keys` through node `index` alone, pipelined; a failed batch is read again until
+/// the deadline.
+pub fn read_through(cluster: &Cluster, index: usize, keys: &[String]) -> Vec<Option<Bytes>> {
+    const BATCH: usize = 64;
+    let endpoint = cluster.endpoint(index);
+    let mut values = Vec::with_capacity(keys.len());
+    let mut client: Option<Client> = None;
+    let deadline = Instant::now() + DEADLINE;
+    let mut start = 0;
+    while start < keys.len() {
+        let end = (start + BATCH).min(keys.len());
+        let attempt = read_batch(&mut client, &endpoint, &keys[start..end]);
+        match attempt {
+            Ok(batch) => {
+                values.extend(batch);
+                start = end;
+            }
+            Err(error) => {
+                client = None;
+                assert!(
+                    Instant::now() < deadline,
+                    "reading through node {} failed until the deadline: {error}\n{}",
+                    index + 1,
+                    cluster.logs()
+                );
+                std::thread::sleep(POLL);
+            }
+        }
+    }
+    values
+}
+
+fn read_batch(
+    client: &mut Option<Client>,
+    endpoint: &str,
+    keys: &[String],
+) -> Result<Vec<Option<Bytes>>, String> {
+    let connected = match client {
+        Some(connected) => connected,
+        None => client
+            .insert(Client::connect(endpoint, READ_CLIENT_TIMEOUT).map_err(|e| e.to_string())?),
+    };
+    let mut ids = Vec::with_capacity(keys.len());
+    for key in keys {
+        let op = ClientOp::Get {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+        };
+        ids.push(connected.send(op).map_err(|e| e.to_string())?);
+    }
+    let mut answers: HashMap<RequestId, Option<Bytes>> = HashMap::new();
+    while answers.len() < ids.len() {
+        let response = connected.recv().map_err(|e| e.to_string())?;
+        match response.reply {
+            Reply::Value(value) => {
+                answers.insert(response.id, value);
+            }
+            other => return Err(format!("a read answered {other:?}")),
+        }
+    }
+    ids.iter()
+        .map(|id| answers.remove(id).ok_or(format!("no answer to {id:?}")))
+        .collect()
 }
