@@ -386,13 +386,12 @@ impl SnapshotDecoder {
                 // Items start where the pending one did and it was incomplete before this
                 // call, so what `consume` left unread came from `bytes`: read it in place.
                 let unread = pending.len() - used;
-                assert!(
-                    unread <= taken,
-                    "snapshot decoder: {unread} unread bytes after taking {taken}"
-                );
                 pending.clear();
                 self.pending = pending;
-                return Ok(taken - unread);
+                return taken.checked_sub(unread).ok_or(SnapshotError::Truncated {
+                    offset: self.consumed_bytes,
+                    expected: "a whole item after the pending bytes",
+                });
             }
             step = step.saturating_mul(2);
         }
