@@ -24,10 +24,6 @@ pub const TAIL_BYTES_MAX: u64 = 4 * 1024 * 1024;
 pub const READ_INDEX_PENDING_MAX: usize = 4096;
 /// Entry bytes in flight to one follower in the replicate state.
 pub const INFLIGHT_BYTES_MAX: u64 = 16 * 1024 * 1024;
-/// Entry bytes a leader hands one follower per Raft `Ready` (at least one append message):
-/// a follower catching up gets the rest as its acknowledgements come back, so no round
-/// encodes and writes megabytes to it while live requests wait behind that round.
-pub const APPEND_FLUSH_BYTES_MAX: u64 = 1024 * 1024;
 /// Entry bytes handed to the state machine by one Raft `Ready`.
 pub const APPLY_BYTES_MAX: u64 = 4 * 1024 * 1024;
 /// Voters of one group; vote tallies are bitsets of this many bits.

@@ -656,6 +656,7 @@ impl Env {
             term_runs: node.disk.term_runs(),
             last_index: node.disk.last_index(),
             applied: node.disk.snapshot_index(),
+            vote_floor: LogIndex::ZERO,
         };
         let prng = Prng::new(id.get() + 1000 * node.restarts);
         node.raft = RaftNode::new(node.config.clone(), restored, prng);
@@ -810,8 +811,13 @@ fn show_message(message: &Message) -> String {
         MessageBody::AppendResponse(AppendResponse::Accepted { last_index }) => {
             format!("AppendResponse accepted last={last_index}")
         }
-        MessageBody::AppendResponse(AppendResponse::Rejected { rejected, hint }) => {
-            format!("AppendResponse rejected={rejected} hint={hint}")
+        MessageBody::AppendResponse(AppendResponse::Rejected {
+            rejected,
+            hint,
+            lost,
+        }) => {
+            let lost = if *lost { " lost" } else { "" };
+            format!("AppendResponse rejected={rejected} hint={hint}{lost}")
         }
         MessageBody::Heartbeat { commit, read_round } => {
             format!("Heartbeat commit={commit}{}", show_round(*read_round))

@@ -108,6 +108,7 @@ fn batch_after(data_seed: u64, last_index: LogIndex, position: u64) -> Persist {
             term: Term(1),
             vote: None,
             commit: last_index,
+            vote_floor: LogIndex::ZERO,
         }),
         snapshot: None,
     }

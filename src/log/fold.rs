@@ -88,6 +88,7 @@ mod tests {
                 term: Term(1),
                 vote: Some(NodeId(1)),
                 commit: LogIndex(commit),
+                vote_floor: LogIndex::ZERO,
             }),
             snapshot: None,
         }

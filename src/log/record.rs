@@ -26,7 +26,7 @@ pub const RECORD_BYTES_MAX: usize = RECORD_HEADER_BYTES + WAL_RECORD_PAYLOAD_BYT
 
 const BATCH_PAYLOAD_BYTES: usize = 32;
 const ENTRY_FIXED_BYTES: usize = 24;
-const HARD_STATE_PAYLOAD_BYTES: usize = 32;
+const HARD_STATE_PAYLOAD_BYTES: usize = 40;
 const SNAPSHOT_FIXED_BYTES: usize = 24;
 
 /// Segment header magic: "RRWALSEG".
@@ -287,6 +287,7 @@ fn encode_payload(writer: &mut Writer<'_>, record: &RecordRef<'_>) {
             writer.u64(hard_state.commit.0);
             writer.u64(u64::from(hard_state.vote.is_some()));
             writer.u64(hard_state.vote.map_or(0, |node| node.0));
+            writer.u64(hard_state.vote_floor.0);
         }
         RecordRef::SnapshotMark(_, snapshot) => {
             writer.u64(snapshot.last.term.0);
@@ -415,6 +416,7 @@ fn decode_payload(
             let commit = LogIndex(reader.u64().ok_or(bad("short"))?);
             let has_vote = reader.u64().ok_or(bad("short"))?;
             let vote_node = NodeId(reader.u64().ok_or(bad("short"))?);
+            let vote_floor = LogIndex(reader.u64().ok_or(bad("short"))?);
             let vote = match has_vote {
                 0 if vote_node == NodeId::ZERO => None,
                 1 => Some(vote_node),
@@ -422,7 +424,12 @@ fn decode_payload(
             };
             RecordView::HardState {
                 group,
-                hard_state: HardState { term, vote, commit },
+                hard_state: HardState {
+                    term,
+                    vote,
+                    commit,
+                    vote_floor,
+                },
             }
         }
         RecordKind::SnapshotMark => decode_snapshot(group, &mut reader).ok_or(bad("malformed"))?,
@@ -633,6 +640,13 @@ mod tests {
                 term: Term(5),
                 vote: Some(NodeId(2)),
                 commit: LogIndex(40),
+                vote_floor: LogIndex::ZERO,
+            },
+            HardState {
+                term: Term(7),
+                vote: None,
+                commit: LogIndex::ZERO,
+                vote_floor: LogIndex(93),
             },
         ] {
             let bytes = encode_to_vec(seq, 8, &RecordRef::HardState(group, &hard_state));

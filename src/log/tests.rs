@@ -71,6 +71,7 @@ fn hard_state(term: u64, vote: Option<u64>, commit: u64) -> HardState {
         term: Term(term),
         vote: vote.map(NodeId),
         commit: LogIndex(commit),
+        vote_floor: LogIndex::ZERO,
     }
 }
 
@@ -567,6 +568,7 @@ impl ModelGroup {
                     .chance(1, 2)
                     .then(|| NodeId(prng.range_inclusive(1, 5))),
                 commit: LogIndex(prng.below(self.last_index + 1)),
+                vote_floor: LogIndex::ZERO,
             });
         }
         persist

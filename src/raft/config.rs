@@ -24,16 +24,15 @@ pub struct RaftConfig {
     pub inflight_appends_max: usize,
     /// Entry bytes in flight to one follower in the replicate state.
     pub inflight_bytes_max: u64,
-    /// Entry bytes in one append message (at least one entry is always sent).
+    /// Entry bytes in one append message (at least one entry is always sent), and what one
+    /// `Ready` hands one follower once a message is out: a follower catching up gets the
+    /// rest as its acknowledgements come back, so no round encodes and writes megabytes to
+    /// it while live requests wait behind that round.
     pub append_bytes_max: u64,
     /// Entries in one append message.
     pub append_entries_max: usize,
-    /// Entry bytes sent to one follower per `Ready` once one append message is out.
-    pub append_flush_bytes_max: u64,
     /// Bytes of proposed, uncommitted entries a leader accepts before refusing proposals.
     pub uncommitted_bytes_max: u64,
-    /// Bytes of one proposed command; larger ones are refused (`ProposeError::TooLarge`).
-    pub command_bytes_max: u64,
     /// Bytes of entries kept in memory beyond what is still needed (see `RaftNode`).
     pub tail_bytes_max: u64,
     /// Entry bytes handed out as `committed_entries` by one `Ready`.
@@ -74,9 +73,7 @@ impl RaftConfig {
             inflight_bytes_max: constants::INFLIGHT_BYTES_MAX,
             append_bytes_max: constants::APPEND_BYTES_MAX,
             append_entries_max: constants::APPEND_ENTRIES_MAX,
-            append_flush_bytes_max: constants::APPEND_FLUSH_BYTES_MAX,
             uncommitted_bytes_max: constants::UNCOMMITTED_BYTES_MAX,
-            command_bytes_max: constants::COMMAND_BYTES_MAX,
             tail_bytes_max: constants::TAIL_BYTES_MAX,
             apply_bytes_max: constants::APPLY_BYTES_MAX,
             #[cfg(test)]
@@ -86,17 +83,21 @@ impl RaftConfig {
 
     /// Lowers the byte limits so that no `Persist` of this group needs more than `bytes` of
     /// WAL records: a leader persists at most its uncommitted entries (the first proposal
-    /// is admitted alone, so at most one command), a follower at most its in-flight window
-    /// plus one message, and a WAL record costs at most twice an entry's counted size
+    /// is admitted alone, so at most one command, which is also held to the uncommitted
+    /// limit: `command_bytes_max`), a follower at most its in-flight window plus one
+    /// message, and a WAL record costs at most twice an entry's counted size
     /// (`Entry::size_bytes`). A quarter of `bytes` for each, less a margin for the hard
     /// state, snapshot mark and batch headers, keeps every persist within it.
     pub fn fit_persists_within(&mut self, bytes: u64) {
         let quarter = bytes.saturating_sub(PERSIST_MARGIN_BYTES) / 4;
         self.uncommitted_bytes_max = self.uncommitted_bytes_max.min(quarter);
-        self.command_bytes_max = self.command_bytes_max.min(quarter);
         self.append_bytes_max = self.append_bytes_max.min(quarter);
         self.inflight_bytes_max = self.inflight_bytes_max.min(quarter);
-        self.append_flush_bytes_max = self.append_flush_bytes_max.min(quarter);
+    }
+
+    /// Bytes of one proposed command; larger ones are refused (`ProposeError::TooLarge`).
+    pub fn command_bytes_max(&self) -> u64 {
+        constants::COMMAND_BYTES_MAX.min(self.uncommitted_bytes_max)
     }
 
     /// Panics, naming the values, if the configuration cannot work.
@@ -127,11 +128,6 @@ impl RaftConfig {
             self.append_bytes_max,
             self.inflight_bytes_max
         );
-        assert!(
-            self.append_flush_bytes_max > 0,
-            "group {}: append_flush_bytes_max must be positive",
-            self.group
-        );
     }
 }
 
@@ -149,6 +145,12 @@ pub struct RestoredState {
     pub last_index: LogIndex,
     /// The state machine has applied every entry up to here.
     pub applied: LogIndex,
+    /// Zero, unless this node lost state it may have acknowledged (a snapshot it needs did
+    /// not load, so it restarts with an empty log): until its log reaches this index again,
+    /// through the leader's snapshot and appends, it neither votes nor campaigns. A vote
+    /// promises the voter holds what it acknowledged (paper §5.4.1); without the floor this
+    /// node could elect a candidate that misses entries committed with its help.
+    pub vote_floor: LogIndex,
 }
 
 impl RestoredState {
@@ -161,6 +163,7 @@ impl RestoredState {
             term_runs: Vec::new(),
             last_index: LogIndex::ZERO,
             applied: LogIndex::ZERO,
+            vote_floor: LogIndex::ZERO,
         }
     }
 }

@@ -153,7 +153,7 @@ impl RaftNode {
     pub(crate) fn handle_pre_vote(&mut self, from: NodeId, term: Term, last: EntryId) {
         let up_to_date = last.is_up_to_date_with(self.log.last());
         let heard_from_leader = self.in_lease();
-        let granted = up_to_date && term > self.term && !heard_from_leader;
+        let granted = up_to_date && term > self.term && !heard_from_leader && self.may_vote();
         let required = self.term_vote_requirement();
         let message = Message {
             from: self.config.id,
@@ -172,7 +172,7 @@ impl RaftNode {
     /// up to date; the grant leaves only after the vote is durable.
     pub(crate) fn handle_vote(&mut self, from: NodeId, last: EntryId) {
         let can_vote = self.vote == Some(from) || (self.vote.is_none() && self.leader.is_none());
-        let granted = can_vote && last.is_up_to_date_with(self.log.last());
+        let granted = can_vote && last.is_up_to_date_with(self.log.last()) && self.may_vote();
         if granted && self.vote != Some(from) {
             self.vote = Some(from);
             self.term_vote_dirty = true;
@@ -186,6 +186,11 @@ impl RaftNode {
         }
         let required = self.term_vote_requirement();
         self.send_after(required, from, body);
+    }
+
+    /// Whether this node's log reached its vote floor (`RestoredState::vote_floor`).
+    pub(crate) fn may_vote(&self) -> bool {
+        self.log.last().index >= self.vote_floor
     }
 
     pub(crate) fn become_pre_candidate(&mut self) {

@@ -158,6 +158,9 @@ pub struct RaftNode {
     /// A durable snapshot newer than where the log starts, which the caller also keeps
     /// (`note_snapshot`); zero when none.
     pub(crate) newest_snapshot: LogIndex,
+    /// See `RestoredState::vote_floor` (the larger of it and the persisted one): no votes
+    /// and no campaigns while the log ends below; part of the hard state until reached.
+    pub(crate) vote_floor: LogIndex,
 }
 
 impl RaftNode {
@@ -171,6 +174,7 @@ impl RaftNode {
             term_runs,
             last_index,
             applied,
+            vote_floor,
         } = restored;
         assert!(
             membership.voters.len() <= VOTERS_MAX,
@@ -228,6 +232,7 @@ impl RaftNode {
             snapshot_unsent: false,
             snapshot_pending: None,
             newest_snapshot: LogIndex::ZERO,
+            vote_floor: vote_floor.max(hard_state.vote_floor),
         };
         node.reset_election_timer();
         node
@@ -347,10 +352,10 @@ impl RaftNode {
     /// Append a command to the leader's log; it is replicated from the next `ready`.
     pub fn propose(&mut self, data: Bytes) -> Result<EntryId, ProposeError> {
         let data_bytes = data.len() as u64;
-        if data_bytes > self.config.command_bytes_max {
+        if data_bytes > self.config.command_bytes_max() {
             return Err(ProposeError::TooLarge {
                 bytes: data_bytes,
-                bytes_max: self.config.command_bytes_max,
+                bytes_max: self.config.command_bytes_max(),
             });
         }
         let id = EntryId::new(self.term, self.log.last().index.next());
@@ -387,7 +392,10 @@ impl RaftNode {
     /// Start an election now (tests, single-node bootstrap). A no-op on a leader or a
     /// non-voter.
     pub fn campaign(&mut self) {
-        if matches!(self.role, Role::Leader(_)) || !self.membership.is_voter(self.config.id) {
+        if matches!(self.role, Role::Leader(_))
+            || !self.membership.is_voter(self.config.id)
+            || !self.may_vote()
+        {
             return;
         }
         if self.config.pre_vote {
@@ -458,12 +466,14 @@ impl RaftNode {
                 term: self.hard_state_sent.term,
                 vote: self.hard_state_sent.vote,
                 commit: self.commit,
+                vote_floor: self.vote_floor,
             };
         }
         HardState {
             term: self.term,
             vote: self.vote,
             commit: self.commit,
+            vote_floor: self.vote_floor,
         }
     }
 
@@ -652,6 +662,11 @@ impl RaftNode {
     /// Take everything pending; see the module comment for how to handle it.
     pub fn ready(&mut self) -> Ready {
         let mut ready = Ready::default();
+        if self.vote_floor > LogIndex::ZERO && self.log.last().index >= self.vote_floor {
+            // The log holds the leader's entries up to the floor again (they include every
+            // committed one, §5.4): the hard state persisted with them drops the floor.
+            self.vote_floor = LogIndex::ZERO;
+        }
         self.flush_leader();
         self.collect_persist(&mut ready);
         self.collect_committed(&mut ready);

@@ -173,6 +173,14 @@ impl Progress {
         moved
     }
 
+    /// The follower lost what it acknowledged (`AppendResponse::Rejected::lost`): nothing
+    /// it holds counts as matching any more, not even what it rebuilt since (those entries
+    /// may be an old leader's), until it acknowledges again.
+    pub fn forget_match(&mut self) {
+        self.matched = LogIndex::ZERO;
+        self.matched_at_check = LogIndex::ZERO;
+    }
+
     /// A snapshot ending at `last` was offered: wait for it (no appends, no probes), and
     /// offer none again for `backoff_ticks`.
     pub fn become_snapshot(&mut self, last: LogIndex, backoff_ticks: u32) {

@@ -25,7 +25,6 @@ struct AppendContext<'a> {
     bytes_max: u64,
     inflight_appends_max: usize,
     inflight_bytes_max: u64,
-    flush_bytes_max: u64,
     /// The snapshot offered to a follower whose next entry is compacted (thesis §5): the
     /// newest the caller keeps (`RaftNode::snapshot_to_offer`), with this membership.
     snapshot: EntryId,
@@ -52,7 +51,6 @@ impl RaftNode {
             bytes_max: self.config.append_bytes_max,
             inflight_appends_max: self.config.inflight_appends_max,
             inflight_bytes_max: self.config.inflight_bytes_max,
-            flush_bytes_max: self.config.append_flush_bytes_max,
             snapshot,
             membership: &self.membership,
             snapshot_backoff_ticks: self.config.election_timeout_ticks.get(),
@@ -157,12 +155,19 @@ impl RaftNode {
                     trim = true;
                 }
             }
-            AppendResponse::Rejected { rejected, hint } => {
+            AppendResponse::Rejected {
+                rejected,
+                hint,
+                lost,
+            } => {
                 let conflict = self.log.find_conflict_by_term(hint.index, hint.term);
                 let Some(progress) = self.progress_mut(from) else {
                     return;
                 };
                 progress.recent_active = true;
+                if lost {
+                    progress.forget_match();
+                }
                 back_up(progress, rejected, conflict);
             }
         }
@@ -296,6 +301,7 @@ impl RaftNode {
             let body = MessageBody::AppendResponse(AppendResponse::Rejected {
                 rejected: prev,
                 hint,
+                lost: !self.may_vote(),
             });
             self.send_after(required, from, body);
             return;
@@ -338,6 +344,18 @@ impl RaftNode {
     ) {
         self.commit_to(commit.min(self.log.last().index));
         let required = self.term_vote_requirement();
+        if !self.may_vote() && commit > self.log.last().index {
+            // A leader shows a follower at most the commit it matched, so it still counts
+            // entries this node acknowledged before it lost them; an idle group sends no
+            // append to reject, so this says so (the leader forgets the match and probes).
+            let hint = self.log.find_conflict_by_term(commit, self.term);
+            let body = MessageBody::AppendResponse(AppendResponse::Rejected {
+                rejected: EntryId::new(self.term, commit),
+                hint,
+                lost: true,
+            });
+            self.send_after(required, from, body);
+        }
         self.send_after(
             required,
             from,
@@ -424,7 +442,7 @@ fn offer_snapshot(
     progress.become_snapshot(last.index, context.snapshot_backoff_ticks);
 }
 
-/// Send what the window allows to one follower, up to `flush_bytes_max` this time (the
+/// Send what the window allows to one follower, up to `bytes_max` this time (the
 /// acknowledgements of these messages bring the next flush). Reports the first entry not in
 /// memory.
 fn send_appends(
@@ -436,7 +454,7 @@ fn send_appends(
     let mut flushed_bytes = 0u64;
     while progress.can_send(context.inflight_appends_max, context.inflight_bytes_max)
         && progress.next <= last_index
-        && flushed_bytes < context.flush_bytes_max
+        && flushed_bytes < context.bytes_max
     {
         let Some(prev_index) = progress.next.prev() else {
             break;

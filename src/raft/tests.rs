@@ -349,6 +349,20 @@ impl Cluster {
     /// Restart a node from its disk: the in-memory tail is gone. The state machine keeps
     /// what it applied when `keep_applied`, else it starts over from the log.
     fn restart(&mut self, id: u64, keep_applied: bool) {
+        self.restart_with_floor(id, keep_applied, LogIndex::ZERO);
+    }
+
+    /// Restart a node whose disk lost its log (not its term and vote): it starts empty
+    /// below a vote floor at the index it had reached (`RestoredState::vote_floor`).
+    fn restart_without_log(&mut self, id: u64) {
+        let peer = self.peers.get_mut(&node(id)).expect("peer exists");
+        let floor = LogIndex(peer.disk.log.len() as u64);
+        peer.disk.log.clear();
+        peer.disk.hard_state.commit = LogIndex::ZERO;
+        self.restart_with_floor(id, false, floor);
+    }
+
+    fn restart_with_floor(&mut self, id: u64, keep_applied: bool, vote_floor: LogIndex) {
         let mut prng = self.prng.fork();
         let peer = self.peers.get_mut(&node(id)).expect("peer exists");
         peer.held.clear();
@@ -363,6 +377,7 @@ impl Cluster {
             term_runs: peer.disk.term_runs(),
             last_index: LogIndex(peer.disk.log.len() as u64),
             applied: LogIndex(peer.applied.len() as u64).min(peer.disk.hard_state.commit),
+            vote_floor,
         };
         peer.applied.truncate(restored.applied.get() as usize);
         peer.node = RaftNode::new(peer.config.clone(), restored, prng.fork());
@@ -437,6 +452,7 @@ fn fill_disk(cluster: &mut Cluster, id: u64, terms: &[u64], term: u64) {
         term: Term(term),
         vote: None,
         commit: LogIndex::ZERO,
+        vote_floor: LogIndex::ZERO,
     };
     cluster.restart(id, false);
 }
@@ -1056,36 +1072,26 @@ fn tail_stays_bounded_and_lagging_follower_catches_up() {
 
 #[test]
 fn a_lagging_follower_is_caught_up_a_flush_at_a_time() {
-    // A follower back from a partition gets at most `append_flush_bytes_max` (plus the message
-    // that crosses it) per leader Ready, the rest as its acknowledgements return; without the
-    // limit the whole in-flight window would leave in one Ready.
-    let catch_up = |flush_bytes_max: u64| {
-        let mut cluster = Cluster::with_config(3, |config| {
-            config.append_bytes_max = 200;
-            config.append_flush_bytes_max = flush_bytes_max;
-        });
-        cluster.elect(1);
-        cluster.isolate(3);
-        let mut expected = Vec::new();
-        for _ in 0..100 {
-            cluster.propose(1, "sixteen-bytes-ok");
-            expected.push(data("sixteen-bytes-ok"));
-        }
-        cluster.largest_flush = 0;
-        cluster.heal();
-        cluster.tick_until(50, |c| c.applied_texts(3).len() == expected.len());
-        assert_eq!(cluster.applied_texts(3), expected);
-        cluster.largest_flush
-    };
-    let limited = catch_up(300);
+    // A follower back from a partition gets at most `append_bytes_max` (plus the message
+    // that crosses it) per leader Ready, the rest as its acknowledgements return, although
+    // the in-flight window would let the whole backlog leave in one Ready.
+    let mut cluster = Cluster::with_config(3, |config| config.append_bytes_max = 200);
+    cluster.elect(1);
+    cluster.isolate(3);
+    let mut expected = Vec::new();
+    for _ in 0..100 {
+        cluster.propose(1, "sixteen-bytes-ok");
+        expected.push(data("sixteen-bytes-ok"));
+    }
+    let backlog = 100 * (16 + crate::raft::types::ENTRY_OVERHEAD_BYTES);
+    cluster.largest_flush = 0;
+    cluster.heal();
+    cluster.tick_until(50, |c| c.applied_texts(3).len() == expected.len());
+    assert_eq!(cluster.applied_texts(3), expected);
+    let largest = cluster.largest_flush;
     assert!(
-        limited > 0 && limited < 300 + 200,
-        "a Ready sent {limited} bytes to one follower"
-    );
-    let unlimited = catch_up(u64::MAX);
-    assert!(
-        unlimited >= 1000,
-        "without a flush limit the window left in one Ready of only {unlimited} bytes"
+        largest > 0 && largest < 2 * 200,
+        "a Ready sent {largest} of the {backlog} backlog bytes to one follower"
     );
 }
 
@@ -1470,4 +1476,127 @@ fn a_follower_needing_a_snapshot_is_offered_the_newest_one_kept() {
     assert_eq!(offered(Some(15)), 15);
     // Beyond what the leader applied, a note is ignored.
     assert_eq!(offered(Some(500)), 5);
+}
+
+#[test]
+fn a_node_below_its_vote_floor_neither_votes_nor_campaigns() {
+    // §5.4.1: a node that lost entries it may have acknowledged must not help elect a
+    // candidate that misses them: below its vote floor it refuses votes and never campaigns;
+    // once its log reaches the floor again through a leader's appends, it votes as usual.
+    let membership = Membership::new(vec![node(1), node(2), node(3)]);
+    let mut restored = RestoredState::bootstrap(membership);
+    restored.hard_state.term = Term(3);
+    restored.vote_floor = LogIndex(2);
+    let config = RaftConfig::new(node(1), GroupId(0));
+    let mut raft = RaftNode::new(config, restored, Prng::new(seed()));
+    // The floor is persisted at once, so a second restart keeps it.
+    let persisted_floor = |ready: &Ready| {
+        ready
+            .persist
+            .as_ref()
+            .and_then(|persist| persist.hard_state)
+            .map(|hard_state| hard_state.vote_floor)
+    };
+    let ready = raft.ready();
+    assert_eq!(persisted_floor(&ready), Some(LogIndex(2)));
+    if let Some(persist) = &ready.persist {
+        raft.on_persisted(persist.position);
+    }
+    for _ in 0..200 {
+        raft.tick();
+    }
+    assert_eq!(raft.status().role, RoleKind::Follower);
+    assert_eq!(raft.status().term, Term(3));
+    let durable = |raft: &mut RaftNode, ready: &Ready| {
+        if let Some(persist) = &ready.persist {
+            raft.on_persisted(persist.position);
+        }
+    };
+    raft.step(message(2, 1, 4, vote_request(EntryId::ZERO)))
+        .expect("vote request steps");
+    let ready = raft.ready();
+    assert_eq!(
+        vote_grants(&ready),
+        (Vec::new(), Vec::new()),
+        "voted below the floor"
+    );
+    durable(&mut raft, &ready);
+    let entries = (1..=2)
+        .map(|index| Entry {
+            id: EntryId::new(Term(5), LogIndex(index)),
+            kind: EntryKind::Empty,
+            data: Bytes::new(),
+        })
+        .collect();
+    let append = MessageBody::Append {
+        prev: EntryId::ZERO,
+        entries,
+        commit: LogIndex(2),
+    };
+    raft.step(message(3, 1, 5, append)).expect("append steps");
+    let ready = raft.ready();
+    assert_eq!(
+        persisted_floor(&ready),
+        Some(LogIndex::ZERO),
+        "the floor is dropped with the entries that reach it"
+    );
+    durable(&mut raft, &ready);
+    // A hand-over's vote (thesis §3.10), so the lease of the leader just heard does not
+    // refuse it.
+    let transfer_vote = MessageBody::Vote {
+        last: EntryId::new(Term(5), LogIndex(2)),
+        leader_transfer: true,
+    };
+    raft.step(message(2, 1, 6, transfer_vote))
+        .expect("vote request steps");
+    let ready = raft.ready();
+    let (_, granted) = vote_grants(&ready);
+    assert_eq!(
+        granted,
+        vec![node(2)],
+        "no vote once the log reached the floor"
+    );
+}
+
+#[test]
+fn a_follower_that_lost_its_log_is_rebuilt_by_the_leader_even_in_an_idle_group() {
+    // A follower back without the entries it acknowledged says so (`lost`) when a heartbeat
+    // shows it a commit beyond its log, so the leader forgets its match and sends everything
+    // again although no new entry gives it an append to reject; the floor is then dropped.
+    let mut cluster = Cluster::new(3);
+    cluster.elect(1);
+    let mut expected = Vec::new();
+    for text in ["one", "two", "three"] {
+        cluster.propose(1, text);
+        expected.push(data(text));
+    }
+    cluster.tick_until(20, |c| c.applied_texts(3).len() == expected.len());
+    cluster.restart_without_log(3);
+    assert!(cluster.applied_texts(3).is_empty());
+    assert!(!cluster.raft(3).may_vote());
+    cluster.tick_until(50, |c| c.applied_texts(3).len() == expected.len());
+    assert_eq!(
+        cluster.applied_texts(3),
+        expected,
+        "the idle group was not rebuilt"
+    );
+    assert!(
+        cluster.raft(3).may_vote(),
+        "the floor stayed after the rebuild"
+    );
+    let lost_rejections = cluster
+        .delivered
+        .iter()
+        .filter(|m| {
+            matches!(
+                m.body,
+                MessageBody::AppendResponse(AppendResponse::Rejected { lost: true, .. })
+            )
+        })
+        .count();
+    assert!(lost_rejections > 0, "no rejection said the log was lost");
+    cluster.propose(1, "four");
+    expected.push(data("four"));
+    cluster.tick_until(20, |c| c.applied_texts(3).len() == expected.len());
+    assert_eq!(cluster.applied_texts(3), expected);
 }

@@ -53,6 +53,10 @@ pub struct HardState {
     pub term: Term,
     pub vote: Option<NodeId>,
     pub commit: LogIndex,
+    /// Zero, unless this node restarted without state it may have acknowledged
+    /// (`RestoredState::vote_floor`): it neither votes nor campaigns until its log reaches
+    /// this index again. Persisted so that a second restart before then keeps the floor.
+    pub vote_floor: LogIndex,
 }
 
 /// The voters (and later learners) of a group. Sorted, without duplicates.
@@ -186,7 +190,16 @@ pub enum AppendResponse {
     /// follower's guess of the latest entry that may match: its last entry at or below
     /// `rejected.index` whose term is at most `rejected.term` (fast backtracking, thesis
     /// §5.3 and etcd's findConflictByTerm).
-    Rejected { rejected: EntryId, hint: EntryId },
+    ///
+    /// `lost`: the follower restarted without state it may have acknowledged and has not
+    /// rebuilt it yet (its log ends below its vote floor, `RestoredState::vote_floor`). Its
+    /// old acknowledgements are void: the leader lowers the follower's match to `hint`
+    /// instead of taking the rejection for a stale one.
+    Rejected {
+        rejected: EntryId,
+        hint: EntryId,
+        lost: bool,
+    },
 }
 
 /// A position in one group's stream of persistence requests. Each `Persist` carries the

@@ -126,6 +126,18 @@ fn log_event(event: ShardEvent) {
             tracing::info!(%group, %term, %index,
                 "installed the leader's snapshot: the group's state is the snapshot's");
         }
+        ShardEvent::StateLost {
+            group,
+            term,
+            vote_floor,
+            reason,
+        } => {
+            tracing::error!(%group, %term, %vote_floor, %reason,
+                "the group's stored state is lost: it starts empty and rebuilds from its \
+                 leader's snapshot, and does not vote until it holds the index it may have \
+                 acknowledged; check the disk of this node (the files that did not load are \
+                 set aside as *.snap.corrupt)");
+        }
         ShardEvent::SnapshotRefused {
             group,
             term,

@@ -227,6 +227,15 @@ pub enum ShardEvent {
         term: Term,
         index: LogIndex,
     },
+    /// At restart, no snapshot that loads continues the group's WAL (`reason`): the group
+    /// starts empty and waits for its leader's snapshot, without voting until its log
+    /// reaches `vote_floor` again.
+    StateLost {
+        group: GroupId,
+        term: Term,
+        vote_floor: LogIndex,
+        reason: String,
+    },
     /// A snapshot received from the leader was refused by the group's Raft core.
     SnapshotRefused {
         group: GroupId,
@@ -387,6 +396,7 @@ impl Shard {
         let mut seeds = Prng::new(config.seed ^ (u64::from(config.core.0) << 32) ^ config.node.0);
         let mut groups = Vec::with_capacity(group_ids.len());
         let mut wal_compactions = Vec::new();
+        let mut events = Vec::new();
         for &group in &group_ids {
             assert_eq!(
                 config.local_index(group),
@@ -397,6 +407,14 @@ impl Shard {
             let state = restart.state;
             if let Some(index) = restart.wal_compaction {
                 wal_compactions.push((group, index));
+            }
+            if let Some(lost) = restart.lost {
+                events.push(ShardEvent::StateLost {
+                    group,
+                    term: state.hard_state.term,
+                    vote_floor: state.vote_floor,
+                    reason: lost.to_string(),
+                });
             }
             let soft = SoftState {
                 role: RoleKind::Follower,
@@ -443,7 +461,7 @@ impl Shard {
             shutting_down: false,
             transfers: HashMap::new(),
             last_heard_ticks,
-            events: Vec::new(),
+            events,
             builder: FlatBufferBuilder::new(),
             taking_count: 0,
             wal_compactions,

@@ -1283,6 +1283,7 @@ impl Cluster {
                 term_runs: durable.term_runs(),
                 last_index: durable.last_index(),
                 applied: durable.snapshot_index(),
+                vote_floor: LogIndex::ZERO,
             };
             let replica = self.new_replica(node, group, restored, snapshot);
             self.nodes[node].replicas.push(replica);

@@ -428,6 +428,15 @@ impl ShardSim {
     /// Flips a byte in the newest snapshot file of every group of the down `node` that has an
     /// older one to fall back to; returns the files corrupted.
     pub fn corrupt_newest_snapshots(&mut self, node: NodeId) -> Vec<SnapshotId> {
+        self.corrupt_snapshots(node, false)
+    }
+
+    /// Flips a byte in every snapshot file of the down `node`: none loads at its restart.
+    pub fn corrupt_every_snapshot(&mut self, node: NodeId) -> Vec<SnapshotId> {
+        self.corrupt_snapshots(node, true)
+    }
+
+    fn corrupt_snapshots(&mut self, node: NodeId, every: bool) -> Vec<SnapshotId> {
         assert!(
             !self.is_up(node),
             "corrupting the snapshots of node {node}, which is up"
@@ -438,19 +447,24 @@ impl ShardSim {
             for group in (0..self.config.groups_total).map(GroupId) {
                 let listed = block_on(store.list(group))
                     .unwrap_or_else(|e| panic!("node {node}: listing group {group}: {e}"));
-                let [newest, _, ..] = listed[..] else {
-                    continue;
+                let chosen: Vec<SnapshotId> = match listed[..] {
+                    _ if every => listed.clone(),
+                    [newest, _, ..] => vec![newest],
+                    _ => Vec::new(),
                 };
-                let length = store.file_bytes(newest).unwrap_or(0);
-                if length == 0 {
-                    continue;
+                for id in chosen {
+                    let length = store.file_bytes(id).unwrap_or(0);
+                    if length == 0 {
+                        continue;
+                    }
+                    // Past the header, inside the records or the trailer: a checksum must
+                    // catch it.
+                    let offset = self
+                        .prng
+                        .range_inclusive(length as u64 / 4, length as u64 - 1);
+                    store.corrupt(id, offset as usize, 0x5a);
+                    corrupted.push(id);
                 }
-                // Past the header, inside the records or the trailer: a checksum must catch it.
-                let offset = self
-                    .prng
-                    .range_inclusive(length as u64 / 4, length as u64 - 1);
-                store.corrupt(newest, offset as usize, 0x5a);
-                corrupted.push(newest);
             }
         }
         corrupted

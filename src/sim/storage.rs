@@ -586,6 +586,7 @@ mod tests {
             term: Term(3),
             vote: Some(NodeId(1)),
             commit: LogIndex(0),
+            vote_floor: LogIndex::ZERO,
         };
         log.apply_test(&write(1, Vec::new(), Some(voted))).unwrap();
         let other = HardState {

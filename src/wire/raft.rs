@@ -270,13 +270,19 @@ fn encode_body(
                     last_index: last_index.0,
                     rejected: None,
                     hint: None,
+                    lost: false,
                 },
-                AppendResponse::Rejected { rejected, hint } => {
+                AppendResponse::Rejected {
+                    rejected,
+                    hint,
+                    lost,
+                } => {
                     let (rejected, hint) = (entry_id(*rejected), entry_id(*hint));
                     let args = fb::AppendResponseArgs {
                         last_index: 0,
                         rejected: Some(&rejected),
                         hint: Some(&hint),
+                        lost: *lost,
                     };
                     return (
                         fb::Body::AppendResponse,
@@ -499,6 +505,7 @@ fn decode_body(message: &fb::GroupMessage<'_>) -> Result<MessageBody, WireError>
                 (Some(rejected), Some(hint)) => AppendResponse::Rejected {
                     rejected: domain_id(rejected),
                     hint: domain_id(hint),
+                    lost: table.lost(),
                 },
                 (None, None) => AppendResponse::Accepted {
                     last_index: LogIndex(table.last_index()),

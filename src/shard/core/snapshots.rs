@@ -72,8 +72,7 @@ pub struct GroupRestart {
 pub enum RestartError {
     #[error(
         "group {group}: the WAL records a snapshot installed at index {mark}, but no snapshot \
-         file at or past it loads (newest that loads: {loaded}); this node's copy of the group \
-         is lost: remove the node's data directory so it rejoins from its peers"
+         file at or past it loads (newest that loads: {loaded})"
     )]
     SnapshotMissing {
         group: GroupId,
@@ -82,8 +81,7 @@ pub enum RestartError {
     },
     #[error(
         "group {group}: the WAL holds entries from index {first}, but the newest snapshot file \
-         that loads ends at {loaded}: the entries in between are gone; remove the node's data \
-         directory so it rejoins from its peers"
+         that loads ends at {loaded}: the entries in between are gone"
     )]
     Gap {
         group: GroupId,
@@ -102,12 +100,17 @@ pub struct Restart {
     pub wal_compaction: Option<LogIndex>,
     /// The term of the last entry the machine applied.
     pub applied_term: Term,
+    /// Why the group lost its state and starts empty, waiting for its leader's snapshot
+    /// (`RestoredState::vote_floor` keeps it from voting meanwhile); `None` normally.
+    pub lost: Option<RestartError>,
 }
 
 /// Combines the WAL's view of a group with its newest loadable snapshot (thesis §5.1): the
 /// state machine starts from the snapshot, the log holds the WAL's entries after it. WAL
 /// entries that disagree with the snapshot (an uncommitted suffix of an older term) are
-/// dropped; a WAL that cannot continue the snapshot is an error naming what is missing.
+/// dropped. A WAL that no loadable snapshot can continue (the one it needs is corrupt or
+/// gone) leaves the group empty, to be rebuilt from its leader's snapshot, with `lost`
+/// saying why and a vote floor at everything it may have acknowledged.
 pub fn restart_state(
     group: GroupId,
     restart: GroupRestart,
@@ -121,11 +124,23 @@ pub fn restart_state(
     let wal = wal.unwrap_or_default();
     let Some(restored) = snapshot else {
         if let Some(mark) = &wal.snapshot {
-            return Err(RestartError::SnapshotMissing {
+            let lost = RestartError::SnapshotMissing {
                 group,
                 mark: mark.last.index,
                 loaded: LogIndex::ZERO,
-            });
+            };
+            return Ok(lost_restart(wal, membership, lost));
+        }
+        // Without a snapshot the WAL must hold the log from its first entry.
+        if let Some(first) = wal.first_index
+            && first > LogIndex(1)
+        {
+            let lost = RestartError::Gap {
+                group,
+                first,
+                loaded: LogIndex::ZERO,
+            };
+            return Ok(lost_restart(wal, membership, lost));
         }
         let state = RestoredState {
             hard_state: wal.hard_state.unwrap_or_default(),
@@ -134,6 +149,7 @@ pub fn restart_state(
             term_runs: wal.term_runs,
             last_index: wal.last_index,
             applied: LogIndex::ZERO,
+            vote_floor: LogIndex::ZERO,
         };
         return Ok(Restart {
             state,
@@ -141,6 +157,7 @@ pub fn restart_state(
             kept: VecDeque::new(),
             wal_compaction: None,
             applied_term: Term(0),
+            lost: None,
         });
     };
     let meta = restored.header.meta;
@@ -149,19 +166,21 @@ pub fn restart_state(
     if let Some(mark) = &wal.snapshot
         && mark.last.index > loaded
     {
-        return Err(RestartError::SnapshotMissing {
+        let lost = RestartError::SnapshotMissing {
             group,
             mark: mark.last.index,
             loaded,
-        });
+        };
+        return Ok(lost_restart(wal, meta.membership, lost));
     }
     let first = wal.first_index.unwrap_or(wal.last_index.next());
     if first > loaded.next() && wal.last_index > loaded {
-        return Err(RestartError::Gap {
+        let lost = RestartError::Gap {
             group,
             first,
             loaded,
-        });
+        };
+        return Ok(lost_restart(wal, meta.membership, lost));
     }
     // The WAL's term at the snapshot's index: the run holding it.
     let term_at_snapshot = wal
@@ -197,6 +216,7 @@ pub fn restart_state(
         term_runs,
         last_index,
         applied: loaded,
+        vote_floor: LogIndex::ZERO,
     };
     Ok(Restart {
         state,
@@ -204,7 +224,43 @@ pub fn restart_state(
         kept,
         wal_compaction,
         applied_term,
+        lost: None,
     })
+}
+
+/// A group that lost its state: an empty log and machine, its term and vote kept (a vote
+/// given stays given, paper §5.2), and a vote floor at the highest index the WAL says it may
+/// have acknowledged. The leader finds its log empty and sends its snapshot; the WAL's old
+/// records of the group give way to that snapshot's mark.
+fn lost_restart(wal: RestoredGroup, membership: Membership, lost: RestartError) -> Restart {
+    let mut hard_state = wal.hard_state.unwrap_or_default();
+    let mark = wal
+        .snapshot
+        .as_ref()
+        .map_or(LogIndex::ZERO, |m| m.last.index);
+    let vote_floor = wal
+        .last_index
+        .max(mark)
+        .max(hard_state.commit)
+        .max(hard_state.vote_floor);
+    hard_state.commit = LogIndex::ZERO;
+    let state = RestoredState {
+        hard_state,
+        membership,
+        snapshot: None,
+        term_runs: Vec::new(),
+        last_index: LogIndex::ZERO,
+        applied: LogIndex::ZERO,
+        vote_floor,
+    };
+    Restart {
+        state,
+        machine: KvMachine::new(),
+        kept: VecDeque::new(),
+        wal_compaction: None,
+        applied_term: Term(0),
+        lost: Some(lost),
+    }
 }
 
 /// The runs of equal terms after `last`: the run holding `last.index + 1` restarts there.
@@ -529,6 +585,7 @@ mod tests {
                 term: Term(runs.last().map_or(1, |r| r.0)),
                 vote: None,
                 commit: LogIndex(commit),
+                vote_floor: LogIndex::ZERO,
             }),
             snapshot: None,
             term_runs: runs
@@ -582,22 +639,29 @@ mod tests {
     }
 
     #[test]
-    fn restart_refuses_a_gap_or_a_missing_installed_snapshot() {
-        // Entries between the loaded snapshot and the WAL's first are gone; a snapshot the WAL
-        // says was installed must load.
+    fn a_gap_or_a_missing_installed_snapshot_leaves_the_group_empty_below_a_vote_floor() {
+        // Entries between the loaded snapshot and the WAL's first are gone, or a snapshot the
+        // WAL says was installed does not load: the group starts empty, keeps term and vote,
+        // and may not vote until its log again reaches what it may have acknowledged.
         let gap = GroupRestart {
             wal: Some(wal(80, &[(3, 80)], 90, 85)),
             snapshot: Some(snapshot_at(2, 50)),
             kept: vec![LogIndex(50)],
         };
+        let found = restart_state(GroupId(0), gap, membership()).expect("restarts");
         assert_eq!(
-            restart_state(GroupId(0), gap, membership()).unwrap_err(),
-            RestartError::Gap {
+            found.lost,
+            Some(RestartError::Gap {
                 group: GroupId(0),
                 first: LogIndex(80),
                 loaded: LogIndex(50)
-            }
+            })
         );
+        assert_eq!(found.state.vote_floor, LogIndex(90));
+        assert_eq!(found.state.last_index, LogIndex::ZERO);
+        assert_eq!(found.state.hard_state.commit, LogIndex::ZERO);
+        assert_eq!(found.state.hard_state.term, Term(3));
+        assert!(found.state.snapshot.is_none() && found.machine.key_count() == 0);
         let mut marked = wal(61, &[(3, 61)], 70, 65);
         marked.snapshot = Some(SnapshotMeta {
             last: EntryId::new(Term(3), LogIndex(60)),
@@ -608,10 +672,11 @@ mod tests {
             snapshot: Some(snapshot_at(2, 50)),
             kept: vec![LogIndex(50)],
         };
-        let error = restart_state(GroupId(0), missing, membership()).unwrap_err();
+        let found = restart_state(GroupId(0), missing, membership()).expect("restarts");
         assert!(
-            matches!(error, RestartError::SnapshotMissing { mark, .. } if mark == LogIndex(60))
+            matches!(found.lost, Some(RestartError::SnapshotMissing { mark, .. }) if mark == LogIndex(60))
         );
+        assert_eq!(found.state.vote_floor, LogIndex(70));
     }
 
     #[test]

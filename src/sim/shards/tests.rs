@@ -704,3 +704,73 @@ fn a_corrupt_newest_snapshot_falls_back_to_the_older_one_and_loses_nothing() {
     check_every_node(&mut sim, &written, seed);
     println!("{:?}", sim.snapshot_stats());
 }
+
+#[test]
+fn a_node_whose_every_snapshot_is_corrupt_rebuilds_from_its_leaders_and_loses_nothing() {
+    // Node 3's snapshot files are all corrupted while it is down, so no snapshot continues
+    // its compacted WAL: it restarts those groups empty, below a vote floor, installs its
+    // leaders' snapshots and then serves every acknowledged write, old and new, also after
+    // crashing again right after those installs (the floor is in its persisted hard state).
+    let seed = seed();
+    let mut config = ShardSimConfig::new(seed, 3);
+    config.groups_total = 4;
+    config.snapshot_entries = 20;
+    config.wal_segment_bytes = SIM_TEST_SEGMENT_BYTES;
+    let mut sim = ShardSim::new(config);
+    let mut prng = Prng::new(seed ^ 0x5e);
+    let mut written = BTreeMap::new();
+    // Enough writes for purge to free node 3's first WAL segments (the log no longer starts
+    // at index 1), so its WAL alone cannot rebuild the groups.
+    for k in 0..1200 {
+        write(
+            &mut sim,
+            &mut written,
+            &mut prng,
+            format!("first-{k}"),
+            NodeId(1 + k % 3),
+        );
+    }
+    sim.crash(NodeId(3));
+    let corrupted = sim.corrupt_every_snapshot(NodeId(3));
+    assert!(
+        corrupted.len() >= 4,
+        "only {} snapshots to corrupt",
+        corrupted.len()
+    );
+    let before = sim.snapshot_stats();
+    sim.take_events();
+    sim.restart(NodeId(3));
+    let mut events = Vec::new();
+    for _ in 0..400 {
+        for _ in 0..4 {
+            sim.round();
+        }
+        sim.tick();
+        events.extend(sim.take_events());
+        if sim.snapshot_stats().installed > before.installed {
+            break;
+        }
+    }
+    let lost = count_events(&events, NodeId(3), |e| {
+        matches!(e, ShardEvent::StateLost { .. })
+    });
+    assert!(lost > 0, "no group of node 3 lost its state");
+    let installed = sim.snapshot_stats();
+    assert!(
+        installed.installed > before.installed,
+        "node 3 did not install a leader's snapshot: {installed:?}"
+    );
+    sim.crash(NodeId(3));
+    sim.restart(NodeId(3));
+    for k in 0..60 {
+        write(
+            &mut sim,
+            &mut written,
+            &mut prng,
+            format!("second-{k}"),
+            NodeId(1 + k % 2),
+        );
+    }
+    check_every_node(&mut sim, &written, seed);
+    println!("{:?}", sim.snapshot_stats());
+}

@@ -1460,6 +1460,7 @@ impl<'a> AppendResponse<'a> {
   pub const VT_LAST_INDEX: ::flatbuffers::VOffsetT = 4;
   pub const VT_REJECTED: ::flatbuffers::VOffsetT = 6;
   pub const VT_HINT: ::flatbuffers::VOffsetT = 8;
+  pub const VT_LOST: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -1474,6 +1475,7 @@ impl<'a> AppendResponse<'a> {
     builder.add_last_index(args.last_index);
     if let Some(x) = args.hint { builder.add_hint(x); }
     if let Some(x) = args.rejected { builder.add_rejected(x); }
+    builder.add_lost(args.lost);
     builder.finish()
   }
 
@@ -1499,6 +1501,13 @@ impl<'a> AppendResponse<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<EntryId>(AppendResponse::VT_HINT, None)}
   }
+  #[inline]
+  pub fn lost(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(AppendResponse::VT_LOST, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for AppendResponse<'_> {
@@ -1510,6 +1519,7 @@ impl ::flatbuffers::Verifiable for AppendResponse<'_> {
      .visit_field::<u64>("last_index", Self::VT_LAST_INDEX, false)?
      .visit_field::<EntryId>("rejected", Self::VT_REJECTED, false)?
      .visit_field::<EntryId>("hint", Self::VT_HINT, false)?
+     .visit_field::<bool>("lost", Self::VT_LOST, false)?
      .finish();
     Ok(())
   }
@@ -1518,6 +1528,7 @@ pub struct AppendResponseArgs<'a> {
     pub last_index: u64,
     pub rejected: Option<&'a EntryId>,
     pub hint: Option<&'a EntryId>,
+    pub lost: bool,
 }
 impl<'a> Default for AppendResponseArgs<'a> {
   #[inline]
@@ -1526,6 +1537,7 @@ impl<'a> Default for AppendResponseArgs<'a> {
       last_index: 0,
       rejected: None,
       hint: None,
+      lost: false,
     }
   }
 }
@@ -1548,6 +1560,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> AppendResponseBuilder<'a, 'b,
     self.fbb_.push_slot_always::<&EntryId>(AppendResponse::VT_HINT, hint);
   }
   #[inline]
+  pub fn add_lost(&mut self, lost: bool) {
+    self.fbb_.push_slot::<bool>(AppendResponse::VT_LOST, lost, false);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> AppendResponseBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     AppendResponseBuilder {
@@ -1568,6 +1584,7 @@ impl ::core::fmt::Debug for AppendResponse<'_> {
       ds.field("last_index", &self.last_index());
       ds.field("rejected", &self.rejected());
       ds.field("hint", &self.hint());
+      ds.field("lost", &self.lost());
       ds.finish()
   }
 }

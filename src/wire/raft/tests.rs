@@ -50,6 +50,12 @@ fn every_body() -> Vec<MessageBody> {
         MessageBody::AppendResponse(AppendResponse::Rejected {
             rejected: id(7, 6),
             hint: id(5, 3),
+            lost: false,
+        }),
+        MessageBody::AppendResponse(AppendResponse::Rejected {
+            rejected: id(7, 6),
+            hint: EntryId::ZERO,
+            lost: true,
         }),
         MessageBody::Heartbeat {
             commit: LogIndex(3),
