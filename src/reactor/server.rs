@@ -262,8 +262,7 @@ async fn run_core<S: ShardCore + 'static>(setup: CoreSetup<S>) -> Result<(), Ser
     }
     let shard = (setup.factory)(shard_config, &mut |group| {
         restarts.remove(&group).unwrap_or_default()
-    })
-    .map_err(|error| snapshot_error(error.to_string()))?;
+    });
     let identity = CoreIdentity {
         node: config.node,
         core,

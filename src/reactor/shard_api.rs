@@ -14,8 +14,8 @@ use crate::shard::Batch;
 use crate::wire::client::{ClientRequest, GroupStatus};
 
 pub use crate::shard::core::{
-    GroupRestart, Origin, RequestFailure, RestartError, Shard, ShardConfig, ShardEvent,
-    ShardOutput, SnapshotPolicy, SnapshotWrite, WalTicket, core_of_group, group_of_key,
+    GroupRestart, Origin, RequestFailure, Shard, ShardConfig, ShardEvent, ShardOutput,
+    SnapshotPolicy, SnapshotWrite, WalTicket, core_of_group, group_of_key,
 };
 
 /// The per-core Multi-Raft orchestrator as the reactor drives it.
@@ -111,19 +111,14 @@ impl ShardCore for Shard {
 }
 
 /// The production shard, as a `ShardFactory`.
-pub fn new_shard(
-    config: ShardConfig,
-    restored: &mut dyn FnMut(GroupId) -> GroupRestart,
-) -> Result<Shard, RestartError> {
+pub fn new_shard(config: ShardConfig, restored: &mut dyn FnMut(GroupId) -> GroupRestart) -> Shard {
     Shard::new(config, restored)
 }
 
 /// Builds a core's shard from its configuration and what each group restarts from (its
 /// newest snapshot and the WAL).
-pub type ShardFactory<S> = fn(
-    config: ShardConfig,
-    restored: &mut dyn FnMut(GroupId) -> GroupRestart,
-) -> Result<S, RestartError>;
+pub type ShardFactory<S> =
+    fn(config: ShardConfig, restored: &mut dyn FnMut(GroupId) -> GroupRestart) -> S;
 
 #[cfg(test)]
 mod tests {

@@ -36,8 +36,7 @@ use crate::wire::client::{
 };
 use snapshots::GroupSnapshots;
 pub use snapshots::{
-    GroupRestart, Restart, RestartError, SNAPSHOT_CHUNKS_AHEAD_MAX, SnapshotPolicy, SnapshotWrite,
-    restart_state,
+    GroupRestart, Restart, SNAPSHOT_CHUNKS_AHEAD_MAX, SnapshotPolicy, SnapshotWrite, restart_state,
 };
 
 /// Nodes a forwarded write may pass through before it is refused (leadership moving while it
@@ -380,10 +379,7 @@ impl Shard {
     /// The shard of `config.core`, each group restarted from its newest snapshot and the
     /// WAL's tail (`restart_state`), or bootstrapped with every node as a voter where nothing
     /// is stored. State machines are rebuilt by applying the committed log after the snapshot.
-    pub fn new(
-        config: ShardConfig,
-        restored: &mut dyn FnMut(GroupId) -> GroupRestart,
-    ) -> Result<Shard, RestartError> {
+    pub fn new(config: ShardConfig, restored: &mut dyn FnMut(GroupId) -> GroupRestart) -> Shard {
         assert!(
             config.nodes.contains(&config.node),
             "shard: node {} not in {:?}",
@@ -403,7 +399,7 @@ impl Shard {
                 groups.len(),
                 "shard: group {group} out of order"
             );
-            let restart = restart_state(group, restored(group), membership.clone())?;
+            let restart = restart_state(group, restored(group), membership.clone());
             let state = restart.state;
             if let Some(index) = restart.wal_compaction {
                 wal_compactions.push((group, index));
@@ -441,7 +437,7 @@ impl Shard {
             });
         }
         let last_heard_ticks = vec![None; config.nodes.len()];
-        Ok(Shard {
+        Shard {
             config,
             multi,
             groups,
@@ -466,7 +462,7 @@ impl Shard {
             taking_count: 0,
             wal_compactions,
             staged_groups: Vec::new(),
-        })
+        }
     }
 
     pub fn config(&self) -> &ShardConfig {

@@ -233,8 +233,7 @@ impl ShardSim {
                 restarts.insert(group, restart);
             }
             let mut restart = |group| restarts.remove(&group).unwrap_or_default();
-            let shard = Shard::new(config, &mut restart)
-                .unwrap_or_else(|e| panic!("seed {seed}: node {node} core {core}: {e}"));
+            let shard = Shard::new(config, &mut restart);
             cores.push(SimCore {
                 shard,
                 log,

@@ -69,7 +69,7 @@ pub struct GroupRestart {
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
-pub enum RestartError {
+pub enum StateLoss {
     #[error(
         "group {group}: the WAL records a snapshot installed at index {mark}, but no snapshot \
          file at or past it loads (newest that loads: {loaded})"
@@ -102,7 +102,7 @@ pub struct Restart {
     pub applied_term: Term,
     /// Why the group lost its state and starts empty, waiting for its leader's snapshot
     /// (`RestoredState::vote_floor` keeps it from voting meanwhile); `None` normally.
-    pub lost: Option<RestartError>,
+    pub lost: Option<StateLoss>,
 }
 
 /// Combines the WAL's view of a group with its newest loadable snapshot (thesis §5.1): the
@@ -111,11 +111,7 @@ pub struct Restart {
 /// dropped. A WAL that no loadable snapshot can continue (the one it needs is corrupt or
 /// gone) leaves the group empty, to be rebuilt from its leader's snapshot, with `lost`
 /// saying why and a vote floor at everything it may have acknowledged.
-pub fn restart_state(
-    group: GroupId,
-    restart: GroupRestart,
-    membership: Membership,
-) -> Result<Restart, RestartError> {
+pub fn restart_state(group: GroupId, restart: GroupRestart, membership: Membership) -> Restart {
     let GroupRestart {
         wal,
         snapshot,
@@ -123,24 +119,25 @@ pub fn restart_state(
     } = restart;
     let wal = wal.unwrap_or_default();
     let Some(restored) = snapshot else {
-        if let Some(mark) = &wal.snapshot {
-            let lost = RestartError::SnapshotMissing {
-                group,
-                mark: mark.last.index,
-                loaded: LogIndex::ZERO,
+        // Without a snapshot the WAL must hold the log from its first entry. When it does, a
+        // mark an older install left does not matter: the entries were appended after it
+        // (a mark drops those before it), as when a group that lost its state was rebuilt
+        // by appends.
+        let first = wal.first_index.unwrap_or(wal.last_index.next());
+        if first > LogIndex(1) {
+            let lost = match &wal.snapshot {
+                Some(mark) => StateLoss::SnapshotMissing {
+                    group,
+                    mark: mark.last.index,
+                    loaded: LogIndex::ZERO,
+                },
+                None => StateLoss::Gap {
+                    group,
+                    first,
+                    loaded: LogIndex::ZERO,
+                },
             };
-            return Ok(lost_restart(wal, membership, lost));
-        }
-        // Without a snapshot the WAL must hold the log from its first entry.
-        if let Some(first) = wal.first_index
-            && first > LogIndex(1)
-        {
-            let lost = RestartError::Gap {
-                group,
-                first,
-                loaded: LogIndex::ZERO,
-            };
-            return Ok(lost_restart(wal, membership, lost));
+            return lost_restart(wal, membership, lost);
         }
         let state = RestoredState {
             hard_state: wal.hard_state.unwrap_or_default(),
@@ -151,14 +148,14 @@ pub fn restart_state(
             applied: LogIndex::ZERO,
             vote_floor: LogIndex::ZERO,
         };
-        return Ok(Restart {
+        return Restart {
             state,
             machine: KvMachine::new(),
             kept: VecDeque::new(),
             wal_compaction: None,
             applied_term: Term(0),
             lost: None,
-        });
+        };
     };
     let meta = restored.header.meta;
     let loaded = meta.last.index;
@@ -166,21 +163,21 @@ pub fn restart_state(
     if let Some(mark) = &wal.snapshot
         && mark.last.index > loaded
     {
-        let lost = RestartError::SnapshotMissing {
+        let lost = StateLoss::SnapshotMissing {
             group,
             mark: mark.last.index,
             loaded,
         };
-        return Ok(lost_restart(wal, meta.membership, lost));
+        return lost_restart(wal, meta.membership, lost);
     }
     let first = wal.first_index.unwrap_or(wal.last_index.next());
     if first > loaded.next() && wal.last_index > loaded {
-        let lost = RestartError::Gap {
+        let lost = StateLoss::Gap {
             group,
             first,
             loaded,
         };
-        return Ok(lost_restart(wal, meta.membership, lost));
+        return lost_restart(wal, meta.membership, lost);
     }
     // The WAL's term at the snapshot's index: the run holding it.
     let term_at_snapshot = wal
@@ -218,21 +215,21 @@ pub fn restart_state(
         applied: loaded,
         vote_floor: LogIndex::ZERO,
     };
-    Ok(Restart {
+    Restart {
         state,
         machine: restored.machine,
         kept,
         wal_compaction,
         applied_term,
         lost: None,
-    })
+    }
 }
 
 /// A group that lost its state: an empty log and machine, its term and vote kept (a vote
 /// given stays given, paper §5.2), and a vote floor at the highest index the WAL says it may
 /// have acknowledged. The leader finds its log empty and sends its snapshot; the WAL's old
 /// records of the group give way to that snapshot's mark.
-fn lost_restart(wal: RestoredGroup, membership: Membership, lost: RestartError) -> Restart {
+fn lost_restart(wal: RestoredGroup, membership: Membership, lost: StateLoss) -> Restart {
     let mut hard_state = wal.hard_state.unwrap_or_default();
     let mark = wal
         .snapshot
@@ -606,7 +603,7 @@ mod tests {
             snapshot: Some(snapshot_at(2, 50)),
             kept: vec![LogIndex(20), LogIndex(50)],
         };
-        let found = restart_state(GroupId(0), restart, membership()).expect("restarts");
+        let found = restart_state(GroupId(0), restart, membership());
         assert_eq!(found.state.applied, LogIndex(50));
         assert_eq!(
             found.state.term_runs,
@@ -631,7 +628,7 @@ mod tests {
             snapshot: Some(snapshot_at(5, 50)),
             kept: vec![LogIndex(50)],
         };
-        let found = restart_state(GroupId(0), restart, membership()).expect("restarts");
+        let found = restart_state(GroupId(0), restart, membership());
         assert!(found.state.term_runs.is_empty());
         assert_eq!(found.state.last_index, LogIndex(50));
         assert_eq!(found.state.hard_state.commit, LogIndex(50));
@@ -648,10 +645,10 @@ mod tests {
             snapshot: Some(snapshot_at(2, 50)),
             kept: vec![LogIndex(50)],
         };
-        let found = restart_state(GroupId(0), gap, membership()).expect("restarts");
+        let found = restart_state(GroupId(0), gap, membership());
         assert_eq!(
             found.lost,
-            Some(RestartError::Gap {
+            Some(StateLoss::Gap {
                 group: GroupId(0),
                 first: LogIndex(80),
                 loaded: LogIndex(50)
@@ -672,9 +669,9 @@ mod tests {
             snapshot: Some(snapshot_at(2, 50)),
             kept: vec![LogIndex(50)],
         };
-        let found = restart_state(GroupId(0), missing, membership()).expect("restarts");
+        let found = restart_state(GroupId(0), missing, membership());
         assert!(
-            matches!(found.lost, Some(RestartError::SnapshotMissing { mark, .. }) if mark == LogIndex(60))
+            matches!(found.lost, Some(StateLoss::SnapshotMissing { mark, .. }) if mark == LogIndex(60))
         );
         assert_eq!(found.state.vote_floor, LogIndex(70));
     }
@@ -688,9 +685,55 @@ mod tests {
             snapshot: Some(snapshot_at(2, 50)),
             kept: vec![LogIndex(50)],
         };
-        let found = restart_state(GroupId(0), restart, membership()).expect("restarts");
+        let found = restart_state(GroupId(0), restart, membership());
         assert_eq!(found.state.last_index, LogIndex(50));
         assert!(found.state.term_runs.is_empty());
         assert_eq!(found.wal_compaction, Some(LogIndex(50)));
+    }
+
+    #[test]
+    fn without_a_snapshot_the_wal_must_hold_the_log_from_its_first_entry() {
+        // No snapshot loads: a WAL whose entries start past index 1 (compacted, or an
+        // install's mark with nothing after it) cannot rebuild the group, which restarts
+        // empty below a vote floor; a WAL holding the log from index 1 rebuilds it even when
+        // an older install left a mark (the entries were appended after it).
+        let mark = SnapshotMeta {
+            last: EntryId::new(Term(2), LogIndex(40)),
+            membership: membership(),
+        };
+        let restart = |wal: RestoredGroup| {
+            restart_state(
+                GroupId(0),
+                GroupRestart {
+                    wal: Some(wal),
+                    snapshot: None,
+                    kept: Vec::new(),
+                },
+                membership(),
+            )
+        };
+        let compacted = restart(wal(30, &[(2, 30)], 45, 44));
+        assert!(
+            matches!(compacted.lost, Some(StateLoss::Gap { first, .. }) if first == LogIndex(30))
+        );
+        assert_eq!(compacted.state.vote_floor, LogIndex(45));
+        let mut only_mark = wal(1, &[], 40, 40);
+        only_mark.first_index = None;
+        only_mark.snapshot = Some(mark.clone());
+        let found = restart(only_mark);
+        assert!(
+            matches!(found.lost, Some(StateLoss::SnapshotMissing { mark, .. }) if mark == LogIndex(40))
+        );
+        assert_eq!(found.state.vote_floor, LogIndex(40));
+        let mut rebuilt = wal(1, &[(3, 1)], 12, 12);
+        rebuilt.snapshot = Some(mark);
+        let found = restart(rebuilt);
+        assert_eq!(found.lost, None);
+        assert_eq!(found.state.last_index, LogIndex(12));
+        assert_eq!(found.state.vote_floor, LogIndex::ZERO);
+        let mut idle = wal(1, &[], 25, 25);
+        idle.first_index = None;
+        let found = restart(idle);
+        assert!(matches!(found.lost, Some(StateLoss::Gap { first, .. }) if first == LogIndex(26)));
     }
 }
