@@ -1,6 +1,7 @@
 //! Snapshots, log compaction and catch-up in real `ringraft server` processes on loopback: a
 //! follower that missed 100,000 writes catches up through the leader's snapshot and serves
-//! the same data (also after its own restart); the WAL and snapshot files of every node stay
+//! the same data (also after its own restart, and after one that finds every snapshot file
+//! of it damaged, when it rebuilds from the leader's); the WAL and snapshot files of every node stay
 //! within a bound computed from the settings during a long write run; and nodes SIGKILLed while
 //! taking or installing snapshots lose no acknowledged write.
 //!
@@ -599,6 +600,64 @@ fn a_follower_down_during_100000_writes_catches_up_through_a_snapshot_and_serves
     let log = cluster.log_since(2, offset);
     check_restart_from_snapshot(&log, SNAPSHOT_ENTRIES);
     check_node(&cluster, 2, &ledgers, 7);
+
+    // Every snapshot file of node 3 is damaged while it is down: no snapshot continues its
+    // compacted WAL, so it says its state is lost, sets the files aside, rebuilds each group
+    // from its leader's snapshot and serves the same data again.
+    let status = cluster.signal(2, libc::SIGTERM);
+    assert!(
+        status.success(),
+        "node 3 stopped with {status}\n{}",
+        cluster.logs()
+    );
+    let damaged = damage_every_snapshot(&cluster.data_dir(2));
+    assert!(
+        damaged >= GROUPS as usize,
+        "node 3 had {damaged} snapshot files"
+    );
+    let offset = cluster.log_len(2);
+    cluster.start(2);
+    wait_for_log(&mut cluster, 2, offset, "stored state is lost");
+    wait_caught_up(&mut cluster, 2);
+    let log = cluster.log_since(2, offset);
+    assert_eq!(
+        count_lines(&log, "stored state is lost"),
+        GROUPS as usize,
+        "every group of node 3 lost its state:\n{log}"
+    );
+    assert_eq!(
+        count_lines(&log, "set a snapshot that does not decode aside"),
+        damaged,
+        "every damaged file is set aside:\n{log}"
+    );
+    assert!(
+        count_lines(&log, "installed the leader's snapshot") >= GROUPS as usize,
+        "node 3 rebuilt its groups without the leaders' snapshots:\n{log}"
+    );
+    let checked = check_node(&cluster, 2, &ledgers, 1);
+    assert_eq!(checked, KEYS, "every key was read through node 3");
+}
+
+/// Flips a byte in the middle of every snapshot file under `data_dir`; returns how many.
+fn damage_every_snapshot(data_dir: &Path) -> usize {
+    let mut damaged = 0;
+    let cores = std::fs::read_dir(data_dir).expect("data dir lists");
+    for core in cores.map(|entry| entry.expect("data dir entry").path()) {
+        let Ok(files) = std::fs::read_dir(core.join("snap")) else {
+            continue;
+        };
+        for path in files.map(|entry| entry.expect("snapshot dir entry").path()) {
+            if path.extension().is_none_or(|ext| ext != "snap") {
+                continue;
+            }
+            let mut bytes = std::fs::read(&path).expect("snapshot reads");
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x5a;
+            std::fs::write(&path, &bytes).expect("snapshot writes");
+            damaged += 1;
+        }
+    }
+    damaged
 }
 
 #[test]
