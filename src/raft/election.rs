@@ -99,7 +99,11 @@ impl RaftNode {
             MessageBody::PreVote { last } => self.handle_pre_vote(message.from, message.term, last),
             MessageBody::Vote { last, .. } => self.handle_vote(message.from, last),
             // Thesis §3.10: campaign at once, skipping pre-vote and the lease.
-            MessageBody::TimeoutNow if self.membership.is_voter(self.config.id) => {
+            // Below its vote floor a node does not stand either, even when handed leadership
+            // by a leader that still counts what it lost.
+            MessageBody::TimeoutNow
+                if self.membership.is_voter(self.config.id) && self.may_vote() =>
+            {
                 self.become_candidate(true);
             }
             MessageBody::ReadIndex { context } => {

@@ -1507,6 +1507,13 @@ fn a_node_below_its_vote_floor_neither_votes_nor_campaigns() {
     }
     assert_eq!(raft.status().role, RoleKind::Follower);
     assert_eq!(raft.status().term, Term(3));
+    raft.step(message(2, 1, 3, MessageBody::TimeoutNow))
+        .expect("hand-over steps");
+    assert_eq!(
+        raft.status().role,
+        RoleKind::Follower,
+        "stood for election below the floor when handed leadership"
+    );
     let durable = |raft: &mut RaftNode, ready: &Ready| {
         if let Some(persist) = &ready.persist {
             raft.on_persisted(persist.position);
