@@ -766,6 +766,7 @@ fn count_event(stats: &mut SnapshotStats, event: &ShardEvent) {
         ShardEvent::SnapshotInstalled { .. } => stats.installed += 1,
         ShardEvent::SnapshotFailed { .. } => stats.take_failed += 1,
         ShardEvent::SnapshotRefused { .. } => stats.refused += 1,
+        ShardEvent::StateLost { .. } => stats.groups_lost += 1,
         _ => {}
     }
 }

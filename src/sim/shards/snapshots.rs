@@ -71,6 +71,8 @@ pub struct SnapshotStats {
     pub skipped_at_restart: u64,
     /// Groups restarted from a snapshot file.
     pub restored_from_snapshot: u64,
+    /// Groups restarted empty because no snapshot that loads continues their WAL.
+    pub groups_lost: u64,
     /// WAL segments freed by purges after compactions.
     pub segments_purged: u64,
 }

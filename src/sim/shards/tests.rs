@@ -461,6 +461,13 @@ fn run_with_snapshots_and_crashes(seed: u64, steps: u64) -> SnapshotStats {
                 .copied()
                 .find(|&n| !sim.is_up(n))
                 .expect("a node down");
+            // Its snapshot files may be damaged while it is down: the newest ones (it falls
+            // back to the older), or all (it rebuilds from its leaders' snapshots).
+            if prng.chance(1, 6) {
+                sim.corrupt_newest_snapshots(down);
+            } else if prng.chance(1, 3) {
+                sim.corrupt_every_snapshot(down);
+            }
             sim.restart(down);
         }
         let up: Vec<NodeId> = nodes.iter().copied().filter(|&n| sim.is_up(n)).collect();
@@ -486,7 +493,8 @@ fn run_with_snapshots_and_crashes(seed: u64, steps: u64) -> SnapshotStats {
 fn snapshots_compaction_and_crashes_lose_no_acknowledged_write() {
     // Seeded sweep: groups snapshot every 20-50 entries and compact the WAL while batches are
     // lost and delayed, nodes crash at random points and snapshot stores lose power in the
-    // middle of writing or staging a snapshot; afterwards every node serves every
+    // middle of writing or staging a snapshot, or have their files damaged while their node
+    // is down; afterwards every node serves every
     // acknowledged write and nodes agree on every key. Replay one run with RINGRAFT_SEED.
     let seed = seed();
     let runs = if std::env::var("RINGRAFT_SEED").is_ok() {
@@ -504,6 +512,8 @@ fn snapshots_compaction_and_crashes_lose_no_acknowledged_write() {
         total.staged += stats.staged;
         total.power_cuts += stats.power_cuts;
         total.restored_from_snapshot += stats.restored_from_snapshot;
+        total.skipped_at_restart += stats.skipped_at_restart;
+        total.groups_lost += stats.groups_lost;
         total.segments_purged += stats.segments_purged;
         total.sent_finished += stats.sent_finished;
         total.sent_failed += stats.sent_failed;
@@ -519,6 +529,11 @@ fn snapshots_compaction_and_crashes_lose_no_acknowledged_write() {
             "no restart from a snapshot: {total:?}"
         );
         assert!(total.power_cuts > 0, "no power cut struck: {total:?}");
+        assert!(
+            total.skipped_at_restart > 0,
+            "no damaged snapshot skipped: {total:?}"
+        );
+        assert!(total.groups_lost > 0, "no group lost its state: {total:?}");
     }
 }
 
