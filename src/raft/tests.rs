@@ -1044,23 +1044,32 @@ fn restart_applies_and_replicates_through_fetch() {
     }
 }
 
-#[test]
-fn tail_stays_bounded_and_lagging_follower_catches_up() {
-    // DESIGN §4: durable entries beyond `tail_bytes_max` leave memory even while a follower
-    // lags, and that follower is later caught up through fetches.
-    let mut cluster = Cluster::with_config(3, |config| config.tail_bytes_max = 1000);
+/// Elects node 1 and has it commit 100 commands with node 3 cut off, calling `after_each`
+/// after each; returns the commands.
+fn lag_node_3(cluster: &mut Cluster, mut after_each: impl FnMut(&mut Cluster)) -> Vec<Bytes> {
     cluster.elect(1);
     cluster.isolate(3);
     let mut expected = Vec::new();
     for _ in 0..100 {
         cluster.propose(1, "sixteen-bytes-ok");
         expected.push(data("sixteen-bytes-ok"));
+        after_each(cluster);
+    }
+    expected
+}
+
+#[test]
+fn tail_stays_bounded_and_lagging_follower_catches_up() {
+    // DESIGN §4: durable entries beyond `tail_bytes_max` leave memory even while a follower
+    // lags, and that follower is later caught up through fetches.
+    let mut cluster = Cluster::with_config(3, |config| config.tail_bytes_max = 1000);
+    let expected = lag_node_3(&mut cluster, |cluster| {
         let tail_bytes = cluster.raft(1).log.tail_bytes();
         assert!(
             tail_bytes <= 1000,
             "tail of {tail_bytes} bytes over the limit"
         );
-    }
+    });
     cluster.heal();
     cluster.tick_until(50, |c| c.applied_texts(3).len() == expected.len());
     assert_eq!(cluster.applied_texts(3), expected);
@@ -1076,13 +1085,7 @@ fn a_lagging_follower_is_caught_up_a_flush_at_a_time() {
     // that crosses it) per leader Ready, the rest as its acknowledgements return, although
     // the in-flight window would let the whole backlog leave in one Ready.
     let mut cluster = Cluster::with_config(3, |config| config.append_bytes_max = 200);
-    cluster.elect(1);
-    cluster.isolate(3);
-    let mut expected = Vec::new();
-    for _ in 0..100 {
-        cluster.propose(1, "sixteen-bytes-ok");
-        expected.push(data("sixteen-bytes-ok"));
-    }
+    let expected = lag_node_3(&mut cluster, |_| {});
     let backlog = 100 * (16 + crate::raft::types::ENTRY_OVERHEAD_BYTES);
     cluster.largest_flush = 0;
     cluster.heal();
