@@ -49,6 +49,9 @@ pub const MULTI_PUT_KEYS_MAX: usize = 1024;
 /// is in flight at once on the connection.
 pub const RESP_FANOUT_KEYS_MAX: usize = 1024;
 
+/// Commands of one RESP connection read ahead and not yet answered: the connection reads no
+/// more until the oldest are (their replies leave in order).
+pub const RESP_PIPELINE_COMMANDS_MAX: usize = 1024;
 const _: () = assert!(RESP_FANOUT_KEYS_MAX <= CLIENT_INFLIGHT_REQUESTS_MAX);
 const _: () = assert!(MULTI_PUT_KEYS_MAX * 10 <= COMMAND_BYTES_MAX as usize);
 const _: () = assert!(

@@ -348,6 +348,48 @@ fn redis_clients_are_served_in_command_order() {
 }
 
 #[test]
+fn a_redis_pipeline_over_many_keys_keeps_each_keys_order() {
+    // One burst of 600 RESP commands through a node that leads only some groups: commands on
+    // different keys run together, yet each key sees the connection's commands in order (a
+    // GET returns the SET just before it, a second SET overwrites the first, the counter
+    // counts up by one per INCR), and replies come back in command order.
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let cluster = Cluster::new(3);
+    put(&cluster, &cluster.endpoints(), "ready", "1");
+    let mut request = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..100 {
+        for (command, reply) in [
+            (format!("SET k{i} first{i}"), "+OK\r\n".to_string()),
+            (format!("GET k{i}"), bulk(&format!("first{i}"))),
+            ("INCR counter".to_string(), format!(":{}\r\n", i + 1)),
+            (format!("SET k{i} second{i}"), "+OK\r\n".to_string()),
+            (format!("GET k{i}"), bulk(&format!("second{i}"))),
+            (format!("EXISTS k{i} k{}", i + 1), ":1\r\n".to_string()),
+        ] {
+            request.extend_from_slice(command.as_bytes());
+            request.extend_from_slice(b"\r\n");
+            expected.extend_from_slice(reply.as_bytes());
+        }
+    }
+    request.extend_from_slice(b"QUIT\r\n");
+    expected.extend_from_slice(b"+OK\r\n");
+    let answer = resp_exchange(cluster.nodes[1].resp_port, &request);
+    assert_eq!(
+        String::from_utf8_lossy(&answer),
+        String::from_utf8_lossy(&expected),
+        "{}",
+        cluster.logs()
+    );
+}
+
+fn bulk(text: &str) -> String {
+    format!("${}\r\n{text}\r\n", text.len())
+}
+
+#[test]
 fn two_of_three_killed_writes_fail_with_unavailable_and_resume_when_one_returns() {
     // With two of three nodes killed a write through the survivor fails within the client
     // timeout and is never visible while the majority is gone; once one node returns, writes

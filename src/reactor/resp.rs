@@ -3,9 +3,11 @@
 //! means is decided in server/resp_commands.rs; here each command's native requests are
 //! encoded once, decoded and validated like any client's, and routed exactly as native
 //! requests (a command over several keys, such as MGET, sends one request per key wherever
-//! each key lives). Redis runs a connection's commands in order, so a command is routed only
-//! once the one before it has been answered (pipelined commands are read ahead, executed one
-//! after another).
+//! each key lives). Replies leave in command order. Pipelined commands run together, as a
+//! Redis Cluster client's pipeline over several masters does: a command waits only for the
+//! earlier commands of the connection that touch one of its keys, so each key sees the
+//! connection's commands in order (a read sees the connection's earlier writes of its key),
+//! while commands on other keys, in other groups, need not commit in command order.
 //!
 //! It must not execute commands itself: parsing, routing and rendering only (server/resp.rs
 //! holds the codec).
@@ -21,7 +23,7 @@ use flatbuffers::FlatBufferBuilder;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 
-use crate::constants::CLIENT_INFLIGHT_REQUESTS_MAX;
+use crate::constants::{CLIENT_INFLIGHT_REQUESTS_MAX, RESP_PIPELINE_COMMANDS_MAX};
 use crate::reactor::client::route;
 use crate::reactor::context::CoreContext;
 use crate::reactor::shard_api::Origin;
@@ -46,8 +48,12 @@ struct Part {
 
 /// One command's place in the reply order.
 enum Slot {
-    /// Waiting for the native responses to the command's requests.
-    Pending { parts: Vec<Part>, shape: Shape },
+    /// Waiting for the native responses to the command's requests (on `keys`).
+    Pending {
+        parts: Vec<Part>,
+        shape: Shape,
+        keys: Vec<Bytes>,
+    },
     /// The RESP reply, ready to be written in its turn.
     Done(Vec<u8>),
 }
@@ -139,12 +145,8 @@ async fn serve(
             };
             view = view.slice(consumed_bytes.min(view.len())..);
             let Some(command) = command else { continue };
-            // In order: the previous command must be answered before this one runs.
-            while order
-                .borrow()
-                .iter()
-                .any(|slot| matches!(slot, Slot::Pending { .. }))
-            {
+            // Replies queued behind an unanswered command are bounded too.
+            while order.borrow().len() >= RESP_PIPELINE_COMMANDS_MAX {
                 if answered_ring.recv().await.is_none() {
                     break 'connection None;
                 }
@@ -153,17 +155,29 @@ async fn serve(
                 Plan::Reply(out) => Step::Reply(out),
                 Plan::Quit(out) => Step::Quit(out),
                 Plan::Info(section) => Step::Reply(info(&context, listening, section.as_deref())),
-                Plan::Requests { ops, shape } => send(
-                    &context,
-                    &mut builder,
-                    Sender {
-                        origin,
-                        in_flight: &in_flight,
-                        next_id: &mut next_id,
-                    },
-                    ops,
-                    shape,
-                ),
+                Plan::Requests { ops, shape } => {
+                    let keys: Vec<Bytes> = ops.iter().flat_map(op_keys).cloned().collect();
+                    // Per-key order, and no more requests in flight than a connection may
+                    // have (a command over the limit on its own is refused by `send`).
+                    while must_wait(&order.borrow(), &keys)
+                        || (ops.len() <= CLIENT_INFLIGHT_REQUESTS_MAX
+                            && in_flight.get() + ops.len() > CLIENT_INFLIGHT_REQUESTS_MAX)
+                    {
+                        if answered_ring.recv().await.is_none() {
+                            break 'connection None;
+                        }
+                    }
+                    send(
+                        &context,
+                        &mut builder,
+                        Sender {
+                            origin,
+                            in_flight: &in_flight,
+                            next_id: &mut next_id,
+                        },
+                        Routed { ops, shape, keys },
+                    )
+                }
             };
             let quit = matches!(step, Step::Quit(_));
             let slot = match step {
@@ -197,6 +211,40 @@ async fn serve(
     }
 }
 
+/// The keys a request reads or writes.
+fn op_keys(op: &ClientOp) -> Box<dyn Iterator<Item = &Bytes> + '_> {
+    match op {
+        ClientOp::Get { key } => Box::new(std::iter::once(key)),
+        ClientOp::Write(command) => Box::new(command.keys()),
+        ClientOp::Status => Box::new(std::iter::empty()),
+    }
+}
+
+/// Whether a command on `keys` must wait: an earlier command of the connection on one of
+/// them is still unanswered.
+fn must_wait(order: &VecDeque<Slot>, keys: &[Bytes]) -> bool {
+    let mut pending = order
+        .iter()
+        .filter_map(|slot| match slot {
+            Slot::Pending { keys, .. } => Some(keys),
+            Slot::Done(_) => None,
+        })
+        .flatten();
+    if keys.len() <= 16 {
+        pending.any(|key| keys.contains(key))
+    } else {
+        let keys: std::collections::HashSet<&Bytes> = keys.iter().collect();
+        pending.any(|key| keys.contains(key))
+    }
+}
+
+/// A command's requests, their reply's shape and the keys they touch.
+struct Routed {
+    ops: Vec<ClientOp>,
+    shape: Shape,
+    keys: Vec<Bytes>,
+}
+
 enum Step {
     Reply(Vec<u8>),
     Quit(Vec<u8>),
@@ -222,9 +270,9 @@ fn send(
     context: &CoreContext,
     builder: &mut FlatBufferBuilder<'static>,
     sender: Sender<'_>,
-    ops: Vec<ClientOp>,
-    shape: Shape,
+    routed: Routed,
 ) -> Step {
+    let Routed { ops, shape, keys } = routed;
     if sender.in_flight.get() + ops.len() > CLIENT_INFLIGHT_REQUESTS_MAX {
         return error_reply("ERR too many commands in flight on this connection");
     }
@@ -262,7 +310,7 @@ fn send(
             sender.in_flight,
         );
     }
-    Step::Routed(Slot::Pending { parts, shape })
+    Step::Routed(Slot::Pending { parts, shape, keys })
 }
 
 /// The INFO reply, from the node's status board.
@@ -304,7 +352,7 @@ fn complete(order: &RefCell<VecDeque<Slot>>, frame: &[u8]) -> Vec<u8> {
 /// been answered becomes its RESP reply.
 fn record(order: &mut VecDeque<Slot>, id: RequestId, payload: &[u8]) {
     for slot in order.iter_mut() {
-        let Slot::Pending { parts, shape } = slot else {
+        let Slot::Pending { parts, shape, .. } = slot else {
             continue;
         };
         let Some(part) = parts.iter_mut().find(|part| part.id == id) else {
@@ -336,7 +384,11 @@ mod tests {
                 reply: None,
             })
             .collect();
-        Slot::Pending { parts, shape }
+        Slot::Pending {
+            parts,
+            shape,
+            keys: Vec::new(),
+        }
     }
 
     fn frame(id: u64, reply: Reply) -> Vec<u8> {
@@ -348,6 +400,28 @@ mod tests {
                 reply,
             },
         )
+    }
+
+    #[test]
+    fn a_command_waits_only_for_unanswered_commands_on_its_keys() {
+        // Per-key order: a pending command on `a` holds back commands on `a` (alone or among
+        // other keys), not those on other keys; answered commands hold back nothing.
+        let key = |text: &'static str| Bytes::from_static(text.as_bytes());
+        let mut on_a = pending(&[1], ReplyKind::Get, Shape::Single);
+        if let Slot::Pending { keys, .. } = &mut on_a {
+            keys.push(key("a"));
+        }
+        let order = VecDeque::from([Slot::Done(b"+OK\r\n".to_vec()), on_a]);
+        assert!(must_wait(&order, &[key("a")]));
+        assert!(must_wait(&order, &[key("b"), key("a")]));
+        assert!(!must_wait(&order, &[key("b")]));
+        assert!(!must_wait(&order, &[]));
+        let many: Vec<Bytes> = (0..40).map(|i| Bytes::from(format!("k{i}"))).collect();
+        assert!(!must_wait(&order, &many));
+        let mut with_a = many.clone();
+        with_a.push(key("a"));
+        assert!(must_wait(&order, &with_a));
+        assert!(!must_wait(&VecDeque::new(), &with_a));
     }
 
     #[test]
