@@ -217,9 +217,13 @@ struct SimArgs {
 struct BenchArgs {
     #[command(flatten)]
     connection: Connection,
-    /// Client connections, each on its own thread.
+    /// Client connections.
     #[arg(long, default_value_t = 16)]
     connections: usize,
+    /// Threads driving the connections (each serves its share of them from one poll loop,
+    /// as redis-benchmark does with its one thread).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
     /// Requests in flight per connection.
     #[arg(long, default_value_t = 1)]
     pipeline: usize,
@@ -501,6 +505,7 @@ fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     let config = BenchConfig {
         endpoints: args.connection.endpoints.clone(),
         connections: args.connections,
+        threads: args.threads,
         pipeline: args.pipeline,
         value_bytes: args.value_size,
         keys: args.keys,

@@ -41,6 +41,8 @@ const LATENCY_US_MAX: u64 = 60_000_000;
 pub struct BenchConfig {
     pub endpoints: String,
     pub connections: usize,
+    /// Threads that drive the connections, each serving its share from one `poll(2)` loop.
+    pub threads: usize,
     pub pipeline: usize,
     pub value_bytes: usize,
     pub keys: u64,
@@ -153,6 +155,8 @@ pub enum BenchError {
         connection: usize,
         source: ClientError,
     },
+    #[error("waiting for the connections' sockets: {0}")]
+    Poll(std::io::Error),
 }
 
 /// What one run measured.
@@ -201,9 +205,10 @@ impl BenchReport {
         let mut json = String::from("{\n");
         let _ = writeln!(
             json,
-            "  \"settings\": {{\"connections\": {}, \"pipeline\": {}, \"value_bytes\": {}, \"keys\": {}, \
+            "  \"settings\": {{\"connections\": {}, \"threads\": {}, \"pipeline\": {}, \"value_bytes\": {}, \"keys\": {}, \
              \"read_fraction\": {}, \"rate\": {}, \"seed\": {}, \"routing\": \"{}\"}},",
             config.connections,
+            config.threads.min(config.connections),
             config.pipeline,
             config.value_bytes,
             config.keys,
@@ -250,8 +255,8 @@ fn new_histogram() -> Histogram<u64> {
 impl BenchConfig {
     fn validate(&self) -> Result<(), BenchError> {
         let fail = |message: &str| Err(BenchError::Config(message.to_string()));
-        if self.connections == 0 || self.pipeline == 0 {
-            return fail("--connections and --pipeline must be at least 1");
+        if self.connections == 0 || self.pipeline == 0 || self.threads == 0 {
+            return fail("--connections, --threads and --pipeline must be at least 1");
         }
         if self.keys == 0 {
             return fail("--keys must be at least 1");
@@ -275,14 +280,14 @@ impl BenchConfig {
     }
 }
 
-/// Shared between connection threads and the progress printer.
+/// Shared between the driver threads and the progress printer.
 struct Shared {
     ops: AtomicU64,
     errors: AtomicU64,
     /// Requests started so far, for the `--ops` limit.
     started: AtomicU64,
     stop: AtomicBool,
-    /// Connection threads that have ended.
+    /// Driver threads that have ended.
     finished: AtomicUsize,
     histogram: Mutex<Histogram<u64>>,
 }
@@ -299,15 +304,23 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport, BenchError> {
         finished: AtomicUsize::new(0),
         histogram: Mutex::new(new_histogram()),
     });
+    let threads = config.threads.min(config.connections);
     let mut seeds = Prng::new(config.seed);
+    // Connection i runs on thread i % threads; every connection connects before any starts.
+    let mut drivers: Vec<Driver> = (0..threads).map(|_| Driver::new(config)).collect();
+    for index in 0..config.connections {
+        let route = routes[index % routes.len()].clone();
+        let connection = Connection::new(config, route, index, seeds.fork())?;
+        drivers[index % threads].connections.push(connection);
+    }
     let start = Instant::now();
-    let workers: Vec<_> = (0..config.connections)
-        .map(|connection| {
-            let (config, shared, prng) = (config.clone(), Arc::clone(&shared), seeds.fork());
-            let route = routes[connection % routes.len()].clone();
+    let workers: Vec<_> = drivers
+        .into_iter()
+        .map(|mut driver| {
+            let shared = Arc::clone(&shared);
+            driver.start = start;
             thread::spawn(move || {
-                let result = Worker::new(&config, route, connection, prng, start)
-                    .and_then(|w| w.run(&shared));
+                let result = driver.run(&shared);
                 if result.is_err() {
                     shared.stop.store(true, Ordering::Relaxed);
                 }
@@ -316,7 +329,7 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport, BenchError> {
             })
         })
         .collect();
-    watch(config, &shared, start);
+    watch(config, threads, &shared, start);
     let mut first_error = None;
     for worker in workers {
         match worker.join() {
@@ -344,10 +357,10 @@ pub fn run(config: &BenchConfig) -> Result<BenchReport, BenchError> {
 }
 
 /// Waits for the end of the run, printing progress once a second.
-fn watch(config: &BenchConfig, shared: &Shared, start: Instant) {
+fn watch(config: &BenchConfig, threads: usize, shared: &Shared, start: Instant) {
     let mut last_ops = 0;
     let mut next_report = start + Duration::from_secs(1);
-    while shared.finished.load(Ordering::Acquire) < config.connections {
+    while shared.finished.load(Ordering::Acquire) < threads {
         if let Limit::Duration(duration) = config.limit
             && start.elapsed() >= duration
         {
@@ -376,98 +389,218 @@ fn watch(config: &BenchConfig, shared: &Shared, start: Instant) {
     }
 }
 
-/// One connection's loop.
-struct Worker {
-    client: Client,
-    route: Route,
-    key: Vec<u8>,
-    connection: usize,
-    prng: Prng,
-    value: Bytes,
+/// How often a driver adds its latencies to the shared histogram and looks for requests
+/// that outlived the timeout.
+const DRIVER_REPORT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// One thread's connections, served from one loop that waits on all their sockets with
+/// `poll(2)` (as redis-benchmark and memtier do), so many connections cost the machine a
+/// few threads rather than one each.
+struct Driver {
     config: BenchConfig,
     start: Instant,
+    connections: Vec<Connection>,
+    /// Latencies recorded since the last report to the shared histogram.
+    local: Histogram<u64>,
+    poll_fds: Vec<libc::pollfd>,
+}
+
+impl Driver {
+    fn new(config: &BenchConfig) -> Driver {
+        Driver {
+            config: config.clone(),
+            start: Instant::now(),
+            connections: Vec::new(),
+            local: new_histogram(),
+            poll_fds: Vec::new(),
+        }
+    }
+
+    fn run(&mut self, shared: &Shared) -> Result<(), BenchError> {
+        for connection in &mut self.connections {
+            connection.nonblocking()?;
+        }
+        let mut last_report = Instant::now();
+        loop {
+            let stopping = shared.stop.load(Ordering::Relaxed);
+            let now = Instant::now();
+            let mut next_due: Option<Instant> = None;
+            let mut in_flight = false;
+            self.poll_fds.clear();
+            for connection in &mut self.connections {
+                if !stopping {
+                    connection.start_requests(
+                        &self.config,
+                        self.start,
+                        shared,
+                        now,
+                        &mut next_due,
+                    )?;
+                }
+                in_flight |= !connection.in_flight.is_empty();
+                let events = if connection.flush()? {
+                    libc::POLLIN | libc::POLLOUT
+                } else {
+                    libc::POLLIN
+                };
+                self.poll_fds.push(libc::pollfd {
+                    fd: connection.fd,
+                    events,
+                    revents: 0,
+                });
+            }
+            if !in_flight && (stopping || !may_continue(&self.config, shared)) {
+                break;
+            }
+            let mut wait = DRIVER_REPORT_INTERVAL.saturating_sub(last_report.elapsed());
+            if let Some(due) = next_due {
+                wait = wait.min(due.saturating_duration_since(now));
+            }
+            self.wait(wait)?;
+            for (index, connection) in self.connections.iter_mut().enumerate() {
+                if self.poll_fds[index].revents != 0 {
+                    connection.receive(&mut self.local, shared)?;
+                }
+            }
+            if last_report.elapsed() >= DRIVER_REPORT_INTERVAL {
+                self.report(shared);
+                last_report = Instant::now();
+                for connection in &self.connections {
+                    connection.check_timeout(self.config.timeout)?;
+                }
+            }
+        }
+        self.report(shared);
+        Ok(())
+    }
+
+    /// Waits up to `wait` for any socket to be readable (or writable, if it has requests
+    /// waiting to be written).
+    fn wait(&mut self, wait: Duration) -> Result<(), BenchError> {
+        // Round up so a request due in 0.3 ms is not polled for in a busy loop.
+        let millis = wait.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+        // SAFETY: `poll_fds` is a live, initialised array of `len` pollfd structs that
+        // nothing else touches during the call.
+        let ready = unsafe {
+            libc::poll(
+                self.poll_fds.as_mut_ptr(),
+                self.poll_fds.len() as libc::nfds_t,
+                millis,
+            )
+        };
+        if ready < 0 {
+            let error = std::io::Error::last_os_error();
+            if error.kind() != std::io::ErrorKind::Interrupted {
+                return Err(BenchError::Poll(error));
+            }
+        }
+        Ok(())
+    }
+
+    fn report(&mut self, shared: &Shared) {
+        if let Ok(mut histogram) = shared.histogram.lock() {
+            let _ = histogram.add(&self.local);
+        }
+        self.local.reset();
+    }
+}
+
+fn may_continue(config: &BenchConfig, shared: &Shared) -> bool {
+    match config.limit {
+        Limit::Ops(ops) => shared.started.load(Ordering::Relaxed) < ops,
+        Limit::Duration(_) => !shared.stop.load(Ordering::Relaxed),
+    }
+}
+
+/// One connection: its client, its keys and the requests it has in flight.
+struct Connection {
+    client: Client,
+    fd: std::os::fd::RawFd,
+    route: Route,
+    key: Vec<u8>,
+    index: usize,
+    prng: Prng,
+    value: Bytes,
+    keys: u64,
+    read_fraction: f64,
+    fill: bool,
     /// When each request in flight was due (open loop) or sent (closed loop).
     in_flight: HashMap<RequestId, Instant>,
-    local: Histogram<u64>,
     issued: u64,
-    /// The request number this worker last claimed under `--ops` (the key of `--fill`).
+    /// The request number this connection last claimed under `--ops` (the key of `--fill`).
     claimed: u64,
 }
 
-impl Worker {
+impl Connection {
     fn new(
         config: &BenchConfig,
         route: Route,
-        connection: usize,
+        index: usize,
         mut prng: Prng,
-        start: Instant,
-    ) -> Result<Worker, BenchError> {
-        let client = Client::connect(&route.endpoint, config.timeout)
-            .map_err(|source| BenchError::Client { connection, source })?;
+    ) -> Result<Connection, BenchError> {
+        let client = Client::connect(&route.endpoint, config.timeout).map_err(|source| {
+            BenchError::Client {
+                connection: index,
+                source,
+            }
+        })?;
         let mut value = vec![0u8; config.value_bytes];
         prng.fill_bytes(&mut value);
-        Ok(Worker {
+        Ok(Connection {
+            fd: client.raw_fd().unwrap_or(-1),
             client,
             route,
             key: Vec::new(),
-            connection,
+            index,
             prng,
             value: Bytes::from(value),
-            config: config.clone(),
-            start,
+            keys: config.keys,
+            read_fraction: config.read_fraction,
+            fill: config.fill,
             in_flight: HashMap::with_capacity(config.pipeline),
-            local: new_histogram(),
             issued: 0,
             claimed: 0,
         })
     }
 
-    fn run(mut self, shared: &Shared) -> Result<(), BenchError> {
-        let mut last_flush = Instant::now();
-        loop {
-            let stopping = shared.stop.load(Ordering::Relaxed);
-            while !stopping && self.in_flight.len() < self.config.pipeline {
-                let due = self.due_time();
-                if due > Instant::now() && !self.in_flight.is_empty() {
-                    break;
-                }
-                if !self.may_start(shared) {
-                    break;
-                }
-                if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                    thread::sleep(wait);
-                }
-                self.send_one(due)?;
-            }
-            if self.in_flight.is_empty() {
-                if stopping || !self.may_continue(shared) {
-                    break;
-                }
-                continue;
-            }
-            self.receive_one(shared)?;
-            while self.client.has_buffered_response() {
-                self.receive_one(shared)?;
-            }
-            if last_flush.elapsed() >= Duration::from_millis(100) {
-                self.flush(shared);
-                last_flush = Instant::now();
-            }
+    fn fail(&self, source: ClientError) -> BenchError {
+        BenchError::Client {
+            connection: self.index,
+            source,
         }
-        self.flush(shared);
+    }
+
+    fn nonblocking(&mut self) -> Result<(), BenchError> {
+        self.client.set_nonblocking().map_err(|e| self.fail(e))
+    }
+
+    /// Starts requests while the pipeline has room and they are due; notes in `next_due`
+    /// when the next one will be (open loop).
+    fn start_requests(
+        &mut self,
+        config: &BenchConfig,
+        start: Instant,
+        shared: &Shared,
+        now: Instant,
+        next_due: &mut Option<Instant>,
+    ) -> Result<(), BenchError> {
+        while self.in_flight.len() < config.pipeline {
+            let due = self.due_time(config, start, now);
+            if due > now {
+                *next_due = Some(next_due.map_or(due, |next| next.min(due)));
+                return Ok(());
+            }
+            if !self.may_start(config, shared) {
+                return Ok(());
+            }
+            self.send_one(config, due)?;
+        }
         Ok(())
     }
 
-    fn may_continue(&self, shared: &Shared) -> bool {
-        match self.config.limit {
-            Limit::Ops(ops) => shared.started.load(Ordering::Relaxed) < ops,
-            Limit::Duration(_) => !shared.stop.load(Ordering::Relaxed),
-        }
-    }
-
     /// Claims the right to start one more request under the `--ops` limit.
-    fn may_start(&mut self, shared: &Shared) -> bool {
-        match self.config.limit {
+    fn may_start(&mut self, config: &BenchConfig, shared: &Shared) -> bool {
+        match config.limit {
             Limit::Ops(ops) => {
                 self.claimed = shared.started.fetch_add(1, Ordering::Relaxed);
                 self.claimed < ops
@@ -478,20 +611,20 @@ impl Worker {
 
     /// When the next request is due: now in a closed loop; on this connection's schedule in
     /// an open loop, so a stalled server is charged for the requests it delayed.
-    fn due_time(&self) -> Instant {
-        match self.config.rate {
-            None => Instant::now(),
+    fn due_time(&self, config: &BenchConfig, start: Instant, now: Instant) -> Instant {
+        match config.rate {
+            None => now,
             Some(rate) => {
-                let per_connection = rate as f64 / self.config.connections as f64;
-                let offset = self.connection as f64 / rate as f64;
-                self.start + Duration::from_secs_f64(offset + self.issued as f64 / per_connection)
+                let per_connection = rate as f64 / config.connections as f64;
+                let offset = self.index as f64 / rate as f64;
+                start + Duration::from_secs_f64(offset + self.issued as f64 / per_connection)
             }
         }
     }
 
     /// The next key: uniform over the keys of this connection's route.
     fn next_key(&mut self) -> Bytes {
-        if self.config.fill {
+        if self.fill {
             self.key.clear();
             let _ = write!(KeyWriter(&mut self.key), "key:{:012}", self.claimed);
             return Bytes::copy_from_slice(&self.key);
@@ -504,7 +637,7 @@ impl Worker {
             let _ = write!(
                 KeyWriter(&mut self.key),
                 "key:{:012}",
-                self.prng.below(self.config.keys)
+                self.prng.below(self.keys)
             );
             if groups.is_empty() {
                 break;
@@ -517,9 +650,9 @@ impl Worker {
         Bytes::copy_from_slice(&self.key)
     }
 
-    fn send_one(&mut self, due: Instant) -> Result<(), BenchError> {
+    fn send_one(&mut self, config: &BenchConfig, due: Instant) -> Result<(), BenchError> {
         let key = self.next_key();
-        let read = (self.prng.below(1_000_000) as f64) < self.config.read_fraction * 1_000_000.0;
+        let read = (self.prng.below(1_000_000) as f64) < self.read_fraction * 1_000_000.0;
         let op = if read {
             ClientOp::Get { key }
         } else {
@@ -528,12 +661,8 @@ impl Worker {
                 value: self.value.clone(),
             })
         };
-        let connection = self.connection;
-        let id = self
-            .client
-            .send(op)
-            .map_err(|source| BenchError::Client { connection, source })?;
-        let stamp = if self.config.rate.is_some() {
+        let id = self.client.send(op).map_err(|e| self.fail(e))?;
+        let stamp = if config.rate.is_some() {
             due
         } else {
             Instant::now()
@@ -543,36 +672,42 @@ impl Worker {
         Ok(())
     }
 
-    fn receive_one(&mut self, shared: &Shared) -> Result<(), BenchError> {
-        let connection = self.connection;
-        let response = self
-            .client
-            .recv()
-            .map_err(|source| BenchError::Client { connection, source })?;
-        let Some(sent) = self.in_flight.remove(&response.id) else {
-            return Err(BenchError::Client {
-                connection,
-                source: ClientError::UnknownRequest(response.id),
-            });
-        };
-        let micros = sent
-            .elapsed()
-            .as_micros()
-            .clamp(1, u128::from(LATENCY_US_MAX)) as u64;
-        self.local.saturating_record(micros);
-        if matches!(response.reply, Reply::Error { .. }) {
-            shared.errors.fetch_add(1, Ordering::Relaxed);
-        } else {
-            shared.ops.fetch_add(1, Ordering::Relaxed);
+    /// Writes what the socket takes; returns whether requests are still waiting.
+    fn flush(&mut self) -> Result<bool, BenchError> {
+        self.client.poll_flush().map_err(|e| self.fail(e))
+    }
+
+    /// Reads what the socket holds and records every whole response.
+    fn receive(&mut self, local: &mut Histogram<u64>, shared: &Shared) -> Result<(), BenchError> {
+        self.client.poll_read().map_err(|e| self.fail(e))?;
+        while let Some(response) = self.client.try_recv().map_err(|e| self.fail(e))? {
+            let Some(sent) = self.in_flight.remove(&response.id) else {
+                return Err(self.fail(ClientError::UnknownRequest(response.id)));
+            };
+            let micros = sent
+                .elapsed()
+                .as_micros()
+                .clamp(1, u128::from(LATENCY_US_MAX)) as u64;
+            local.saturating_record(micros);
+            if matches!(response.reply, Reply::Error { .. }) {
+                shared.errors.fetch_add(1, Ordering::Relaxed);
+            } else {
+                shared.ops.fetch_add(1, Ordering::Relaxed);
+            }
         }
         Ok(())
     }
 
-    fn flush(&mut self, shared: &Shared) {
-        if let Ok(mut histogram) = shared.histogram.lock() {
-            let _ = histogram.add(&self.local);
+    /// A request in flight longer than `timeout` ends the run, as a blocking client's read
+    /// timeout would.
+    fn check_timeout(&self, timeout: Duration) -> Result<(), BenchError> {
+        match self.in_flight.values().min() {
+            Some(oldest) if oldest.elapsed() > timeout => Err(self.fail(ClientError::Timeout {
+                endpoint: self.client.endpoint(),
+                timeout,
+            })),
+            _ => Ok(()),
         }
-        self.local.reset();
     }
 }
 
@@ -585,6 +720,7 @@ mod tests {
         BenchConfig {
             endpoints,
             connections: 2,
+            threads: 1,
             pipeline: 4,
             value_bytes: 16,
             keys: 100,
@@ -608,11 +744,10 @@ mod tests {
             endpoint: address.to_string(),
             groups: vec![false, true, false, true],
         };
-        let mut worker =
-            Worker::new(&config, route, 0, Prng::new(7), Instant::now()).expect("connects");
+        let mut connection = Connection::new(&config, route, 0, Prng::new(7)).expect("connects");
         let mut seen = [0usize; 4];
         for _ in 0..200 {
-            let key = worker.next_key();
+            let key = connection.next_key();
             seen[group_of_key(&key, 4).0 as usize] += 1;
         }
         assert_eq!(
@@ -640,6 +775,83 @@ mod tests {
         );
     }
 
+    fn shared() -> Shared {
+        Shared {
+            ops: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            started: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            finished: AtomicUsize::new(0),
+            histogram: Mutex::new(new_histogram()),
+        }
+    }
+
+    #[test]
+    fn one_thread_keeps_every_connection_busy() {
+        // A driver serving six connections from one loop sends requests on each of them, and
+        // the run still ends after exactly the requests asked for.
+        let address = test_server::start();
+        let mut config = config(address.to_string(), Limit::Ops(600), None);
+        config.connections = 6;
+        let mut driver = Driver::new(&config);
+        let mut seeds = Prng::new(3);
+        for index in 0..config.connections {
+            let route = plan_routes(&config).expect("routes")[0].clone();
+            let connection =
+                Connection::new(&config, route, index, seeds.fork()).expect("connects");
+            driver.connections.push(connection);
+        }
+        let shared = shared();
+        driver.run(&shared).expect("run");
+        let issued: Vec<u64> = driver.connections.iter().map(|c| c.issued).collect();
+        assert_eq!(issued.iter().sum::<u64>(), 600, "{issued:?}");
+        assert!(
+            issued.iter().all(|&count| count >= 4),
+            "a connection idled: {issued:?}"
+        );
+        assert_eq!(shared.ops.load(Ordering::Relaxed), 600);
+        assert_eq!(shared.histogram.lock().expect("histogram").len(), 600);
+    }
+
+    #[test]
+    fn a_request_left_unanswered_ends_the_run_with_a_timeout() {
+        // A server that accepts and reads but never answers: the run fails with the timeout
+        // instead of waiting forever.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("address");
+        thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                held.push(stream);
+            }
+        });
+        let mut config = config(
+            address.to_string(),
+            Limit::Duration(Duration::from_secs(60)),
+            None,
+        );
+        config.timeout = Duration::from_millis(300);
+        let started = Instant::now();
+        let result = run(&config);
+        assert!(
+            matches!(
+                result,
+                Err(BenchError::Client {
+                    source: ClientError::Timeout { .. },
+                    ..
+                })
+            ),
+            "{:?}",
+            result.err()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
     #[test]
     fn open_loop_paces_requests_at_the_rate() {
         // At 2,000 requests/s, 200 requests take at least the 0.1 s their schedule spans.
@@ -658,6 +870,9 @@ mod tests {
         // Nonsense settings are named before any connection is made.
         let mut bad = config("127.0.0.1:1".into(), Limit::Ops(1), None);
         bad.read_fraction = 1.5;
+        assert!(matches!(run(&bad), Err(BenchError::Config(_))));
+        let mut bad = config("127.0.0.1:1".into(), Limit::Ops(1), None);
+        bad.threads = 0;
         assert!(matches!(run(&bad), Err(BenchError::Config(_))));
     }
 }

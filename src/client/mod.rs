@@ -202,16 +202,23 @@ impl Client {
         if !self.has_buffered_response() {
             self.flush()?;
         }
-        let endpoint = self.endpoint();
         let deadline = Instant::now() + self.timeout;
-        let header = loop {
-            if let Some(header) = FrameHeader::parse(&self.read_buffer, CLIENT_FRAME_BYTES_MAX)
-                .map_err(|source| ClientError::Frame { endpoint, source })?
-                && self.read_buffer.len() >= 4 + header.payload_bytes
-            {
-                break header;
+        loop {
+            if let Some(response) = self.try_recv()? {
+                return Ok(response);
             }
             self.fill(deadline)?;
+        }
+    }
+
+    /// The next response if the bytes read so far hold a whole one; never does I/O.
+    pub fn try_recv(&mut self) -> Result<Option<ClientResponse>, ClientError> {
+        let endpoint = self.endpoint();
+        let header = match FrameHeader::parse(&self.read_buffer, CLIENT_FRAME_BYTES_MAX)
+            .map_err(|source| ClientError::Frame { endpoint, source })?
+        {
+            Some(header) if self.read_buffer.len() >= 4 + header.payload_bytes => header,
+            _ => return Ok(None),
         };
         let end = 4 + header.payload_bytes;
         let payload = &self.read_buffer[4..end];
@@ -227,7 +234,83 @@ impl Client {
         let response = decode_response(payload, kind)
             .map_err(|source| ClientError::Wire { endpoint, source })?;
         self.read_buffer.drain(..end);
-        Ok(response)
+        Ok(Some(response))
+    }
+
+    /// Makes the socket non-blocking, for a caller that serves many clients on one thread
+    /// with `poll(2)` on `raw_fd` and uses `poll_flush`, `poll_read` and `try_recv` from
+    /// then on (`recv` and the calls would fail with `Timeout` at the first empty read).
+    pub fn set_nonblocking(&mut self) -> Result<(), ClientError> {
+        let endpoint = self.endpoint();
+        match &self.stream {
+            Some(stream) => stream
+                .set_nonblocking(true)
+                .map_err(|source| ClientError::Io { endpoint, source }),
+            None => Err(ClientError::Unreachable {
+                tried: endpoint.to_string(),
+                last: "not connected".to_string(),
+            }),
+        }
+    }
+
+    /// The socket's descriptor, to wait for it with `poll(2)`.
+    pub fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.stream.as_ref().map(AsRawFd::as_raw_fd)
+    }
+
+    /// Writes as much of the requests sent as the socket takes now; returns whether some
+    /// are still waiting (then wait for the socket to be writable).
+    pub fn poll_flush(&mut self) -> Result<bool, ClientError> {
+        let endpoint = self.endpoint();
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(!self.write_buffer.is_empty());
+        };
+        let mut written = 0;
+        while written < self.write_buffer.len() {
+            match stream.write(&self.write_buffer[written..]) {
+                Ok(0) => {
+                    return Err(ClientError::Io {
+                        endpoint,
+                        source: io::ErrorKind::WriteZero.into(),
+                    });
+                }
+                Ok(count) => written += count,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => return Err(ClientError::Io { endpoint, source }),
+            }
+        }
+        self.write_buffer.drain(..written);
+        Ok(!self.write_buffer.is_empty())
+    }
+
+    /// Reads what the socket holds now, without waiting; a closed connection is an error.
+    pub fn poll_read(&mut self) -> Result<(), ClientError> {
+        let endpoint = self.endpoint();
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(());
+        };
+        let mut chunk = [0u8; 64 * 1024];
+        loop {
+            match stream.read(&mut chunk) {
+                Ok(0) => {
+                    return Err(ClientError::Io {
+                        endpoint,
+                        source: io::ErrorKind::UnexpectedEof.into(),
+                    });
+                }
+                Ok(count) => {
+                    self.read_buffer.extend_from_slice(&chunk[..count]);
+                    if count < chunk.len() {
+                        return Ok(());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => return Err(ClientError::Io { endpoint, source }),
+            }
+        }
     }
 
     fn fill(&mut self, deadline: Instant) -> Result<(), ClientError> {
