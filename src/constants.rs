@@ -168,6 +168,10 @@ pub const SOCKET_WRITE_GATHER_BYTES: usize = 256 * 1024;
 pub const SOCKET_READ_BUFFER_BYTES: usize = 64 * 1024;
 /// How long one connection attempt to a peer may take.
 pub const PEER_CONNECT_TIMEOUT_MS: u64 = 1000;
+/// A peer link idle this long checks that its connection is still open before writing: a
+/// peer that restarted meanwhile closed it, and frames written into it would be lost (a
+/// forwarded client request is not sent again, so its client would wait for its deadline).
+pub const PEER_IDLE_CHECK_US: u64 = 1000;
 /// First and largest pause between connection attempts to a peer (doubling in between).
 pub const PEER_RECONNECT_BACKOFF_MIN_MS: u64 = 20;
 pub const PEER_RECONNECT_BACKOFF_MAX_MS: u64 = 1000;

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use flatbuffers::FlatBufferBuilder;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -21,7 +21,7 @@ use glommio::net::TcpStream;
 use thiserror::Error;
 
 use crate::constants::{
-    PEER_CONNECT_TIMEOUT_MS, PEER_FRAME_BYTES_MAX, PEER_QUEUE_FRAMES_MAX,
+    PEER_CONNECT_TIMEOUT_MS, PEER_FRAME_BYTES_MAX, PEER_IDLE_CHECK_US, PEER_QUEUE_FRAMES_MAX,
     PEER_RECONNECT_BACKOFF_MAX_MS, PEER_RECONNECT_BACKOFF_MIN_MS,
 };
 use crate::ids::{CoreId, NodeId};
@@ -263,6 +263,8 @@ async fn run_link(target: LinkTarget, frames: LocalReceiver<Vec<u8>>, state: Rc<
     let mut failures: u64 = 0;
     let peer = target.hello.to;
     let mut gathered = Vec::new();
+    // Whether `gathered` holds frames not yet written: kept from a connection found closed.
+    let mut held = false;
     loop {
         match connect(&target).await {
             Ok(mut stream) => {
@@ -272,11 +274,20 @@ async fn run_link(target: LinkTarget, frames: LocalReceiver<Vec<u8>>, state: Rc<
                 state.set_connected(true);
                 backoff = Duration::from_millis(PEER_RECONNECT_BACKOFF_MIN_MS);
                 failures = 0;
+                let mut last_write = Instant::now();
                 let reason = loop {
-                    if !gather_frames(&frames, &mut gathered).await {
+                    if !std::mem::take(&mut held) && !gather_frames(&frames, &mut gathered).await {
                         return;
                     }
+                    if last_write.elapsed() >= Duration::from_micros(PEER_IDLE_CHECK_US)
+                        && let Some(reason) = closed_by_peer(&stream)
+                    {
+                        // Nothing of this write left: it goes out on the next connection.
+                        held = true;
+                        break reason;
+                    }
                     let written = stream.write_all(&gathered).await;
+                    last_write = Instant::now();
                     state.bytes_done(gathered.len());
                     if let Err(error) = written {
                         break error;
@@ -300,6 +311,33 @@ async fn run_link(target: LinkTarget, frames: LocalReceiver<Vec<u8>>, state: Rc<
         }
         glommio::timer::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_millis(PEER_RECONNECT_BACKOFF_MAX_MS));
+    }
+}
+
+/// Whether the peer has closed this connection (a send-only one: the peer never writes on
+/// it, so anything readable is its end), without waiting; returns why.
+fn closed_by_peer(stream: &TcpStream) -> Option<std::io::Error> {
+    use std::os::fd::AsRawFd;
+    let mut byte = 0u8;
+    // SAFETY: a one-byte peek into a live local; the descriptor belongs to `stream`, which
+    // outlives the call.
+    let read = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match read {
+        0 => Some(std::io::ErrorKind::UnexpectedEof.into()),
+        read if read > 0 => None,
+        _ => {
+            let error = std::io::Error::last_os_error();
+            (error.kind() != std::io::ErrorKind::WouldBlock
+                && error.kind() != std::io::ErrorKind::Interrupted)
+                .then_some(error)
+        }
     }
 }
 
@@ -408,6 +446,88 @@ mod tests {
         assert!(check_hello(&hello, NodeId(1), &nodes, 3).is_err());
         assert!(check_hello(&hello, NodeId(2), &nodes, 4).is_err());
         assert!(check_hello(&hello, NodeId(1), &[NodeId(1)], 4).is_err());
+    }
+
+    #[test]
+    fn a_frame_for_a_restarted_peer_goes_out_on_a_new_connection() {
+        // The peer closes the link's connection (its process exited) and listens again: the
+        // next frame, sent after the link sat idle, is not written into the closed connection
+        // (where it would be lost) but reaches the peer over a new one.
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("address");
+        let hello = Hello {
+            from: NodeId(2),
+            to: NodeId(1),
+            core: CoreId(0),
+        };
+        let hello_bytes = hello.encode().len();
+        let first_closed = Arc::new(AtomicBool::new(false));
+        let closed = Arc::clone(&first_closed);
+        let peer = std::thread::spawn(move || {
+            let read_hello = |stream: &mut std::net::TcpStream| {
+                let mut bytes = vec![0u8; hello_bytes];
+                stream.read_exact(&mut bytes).expect("hello");
+            };
+            let (mut first, _) = listener.accept().expect("first connection");
+            read_hello(&mut first);
+            drop(first);
+            closed.store(true, Ordering::Release);
+            listener.set_nonblocking(true).expect("nonblocking");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut second = loop {
+                match listener.accept() {
+                    Ok((stream, _)) => break stream,
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                        if Instant::now() >= deadline {
+                            return Err(error);
+                        }
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(error) => return Err(error),
+                }
+            };
+            second.set_nonblocking(false).expect("blocking");
+            second
+                .set_read_timeout(Some(Duration::from_secs(20)))
+                .expect("timeout");
+            read_hello(&mut second);
+            let mut frame = [0u8; 5];
+            second.read_exact(&mut frame).map(|()| frame)
+        });
+        let config = crate::reactor::executor::ExecutorConfig::new("test-link");
+        let handle = crate::reactor::executor::spawn_executor(&config, move || async move {
+            let target = LinkTarget {
+                hello,
+                address,
+                up: None,
+                settled: Bell::new(),
+            };
+            let link = spawn_link(target, glommio::executor().current_task_queue());
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !first_closed.load(Ordering::Acquire) {
+                assert!(
+                    Instant::now() < deadline,
+                    "the peer never closed the first connection"
+                );
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
+            // The close reaches this end and the link has been idle past its check.
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+            link.send(b"frame".to_vec());
+            // Keep the executor, and with it the link, alive until the peer has read.
+            while !link.is_flushed() || link.state.unwritten_bytes.get() > 0 {
+                assert!(Instant::now() < deadline, "the frame was never written");
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .expect("executor starts");
+        handle.join().expect("no panic");
+        let frame = peer
+            .join()
+            .expect("peer thread")
+            .expect("frame read on the new connection");
+        assert_eq!(&frame, b"frame");
     }
 
     #[test]
