@@ -185,6 +185,12 @@ pub const MESH_CHANNEL_CAPACITY: usize = 1024;
 pub const TICKS_PER_WAKE_MAX: u32 = 5;
 /// How long a stopping server waits for its leaderships to move and its WAL writes to end.
 pub const SHUTDOWN_DRAIN_MS: u64 = 3000;
+/// A stopping core whose leaderships have moved keeps running (refusing with `ShuttingDown`,
+/// which the forwarding node relays and its client retries) until peers have forwarded it
+/// no request for this long: a peer that has not yet heard of the new leader still forwards
+/// here, and a forward sent after the process exits would be lost, leaving its client to
+/// time out without knowing whether the write took effect. Bounded by `SHUTDOWN_DRAIN_MS`.
+pub const SHUTDOWN_FORWARD_QUIET_MS: u64 = 100;
 /// The longest a stopped core waits for its last peer frames to be written and its clients
 /// to close their connections, answering `ShuttingDown` meanwhile so a busy client learns to
 /// go elsewhere instead of finding its connection reset. Idle clients keep it this long.

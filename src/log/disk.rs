@@ -166,6 +166,63 @@ pub trait Disk {
     async fn remove(&self, seq: SegmentSeq) -> Result<(), DiskError>;
 }
 
+/// A disk shared by handles on one executor: the WAL's, and a task's that creates a spare
+/// segment beside the appends (`Log::reserve_spare`).
+impl<D: Disk> Disk for std::rc::Rc<D> {
+    type Buffer = D::Buffer;
+    type ReadBuffer = D::ReadBuffer;
+
+    fn alignment(&self) -> usize {
+        (**self).alignment()
+    }
+
+    fn alloc(&self, len: usize) -> Self::Buffer {
+        (**self).alloc(len)
+    }
+
+    fn segment_path(&self, seq: SegmentSeq) -> String {
+        (**self).segment_path(seq)
+    }
+
+    async fn list_segments(&self) -> Result<Vec<SegmentSeq>, DiskError> {
+        (**self).list_segments().await
+    }
+
+    async fn create_segment(&self, seq: SegmentSeq, size_bytes: u64) -> Result<(), DiskError> {
+        (**self).create_segment(seq, size_bytes).await
+    }
+
+    async fn write(
+        &self,
+        seq: SegmentSeq,
+        offset: u64,
+        buffer: Self::Buffer,
+    ) -> Result<(), DiskError> {
+        (**self).write(seq, offset, buffer).await
+    }
+
+    async fn sync(&self, seq: SegmentSeq) -> Result<(), DiskError> {
+        (**self).sync(seq).await
+    }
+
+    async fn read(
+        &self,
+        seq: SegmentSeq,
+        offset: u64,
+        len: usize,
+    ) -> Result<Self::ReadBuffer, DiskError> {
+        (**self).read(seq, offset, len).await
+    }
+
+    async fn recycle(&self, from: SegmentSeq, to: SegmentSeq) -> Result<(), DiskError> {
+        (**self).recycle(from, to).await
+    }
+
+    async fn remove(&self, seq: SegmentSeq) -> Result<(), DiskError> {
+        (**self).remove(seq).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,7 @@
 //! The async driver: runs the planner's operations against any `Disk`, so the simulator and
 //! the reactor share one code path. `Log` owns a `Disk` and a `Wal` and offers open (create or
 //! recover), append (write then sync, returning the durable position), fetch, compact, purge
-//! and spare preparation.
+//! and spare preparation (in place, or by a caller that creates the file beside the appends).
 //!
 //! It decides nothing the planner does not: it only executes plans in order, one at a time,
 //! and turns disk errors into `LogError`. A failed write or sync is returned to the caller,
@@ -10,7 +10,7 @@
 use crate::constants::WAL_RECOVERY_READ_BYTES;
 use crate::ids::{GroupId, LogIndex};
 use crate::log::LogError;
-use crate::log::disk::{Disk, SegmentSeq};
+use crate::log::disk::{Disk, DiskError, SegmentSeq};
 use crate::log::recovery::{Recovery, RecoverySummary, RestoredGroup};
 use crate::log::wal::{Wal, WalConfig, WalOp, WalPosition};
 use crate::raft::types::{Entry, Fetch, Persist};
@@ -114,9 +114,19 @@ impl<D: Disk> Log<D> {
         self.wal.compact(group, index);
     }
 
-    /// Frees every sealed segment that holds nothing live. Hard states and snapshot marks that
-    /// alone keep an old segment alive are appended again first. Returns the segments freed.
+    /// Frees every sealed segment that holds nothing live, then creates the spares still
+    /// short. Hard states and snapshot marks that alone keep an old segment alive are
+    /// appended again first. Returns the segments freed.
     pub async fn purge(&mut self) -> Result<usize, LogError> {
+        let freed = self.release_freed().await?;
+        self.prepare_spares().await?;
+        Ok(freed)
+    }
+
+    /// `purge` without creating spares afterwards: freed segments are recycled into spares
+    /// that are short (unless one is reserved, see `reserve_spare`) or removed. Returns the
+    /// segments freed.
+    pub async fn release_freed(&mut self) -> Result<usize, LogError> {
         let rewrites = self.wal.states_to_rewrite();
         if !rewrites.is_empty() {
             let batch: Vec<(GroupId, &Persist)> = rewrites
@@ -130,7 +140,6 @@ impl<D: Disk> Log<D> {
         let ops = self.wal.plan_purge(|len| disk.alloc(len));
         self.execute(ops).await?;
         let after = self.wal.segments().len() - self.wal.spares.len();
-        self.prepare_spares().await?;
         Ok(before - after)
     }
 
@@ -139,6 +148,33 @@ impl<D: Disk> Log<D> {
     pub async fn prepare_spares(&mut self) -> Result<(), LogError> {
         let disk = &self.disk;
         let ops = self.wal.plan_spares(|len| disk.alloc(len));
+        self.execute(ops).await
+    }
+
+    /// Reserves the next spare segment for the caller to create beside the appends, with
+    /// `Disk::create_segment(seq, size_bytes)` on a handle of this log's disk, then hand to
+    /// `adopt_spare`. Returns `(seq, size_bytes)`, or `None` when no spare is short or one
+    /// is reserved already. Until then an append that needs that segment fails with
+    /// `LogError::SpareNotReady` and writes nothing.
+    pub fn reserve_spare(&mut self) -> Option<(SegmentSeq, u64)> {
+        let segment = self.wal.reserve_spare()?;
+        Some((segment, self.wal.config().segment_bytes))
+    }
+
+    /// The reserved spare `seq` was created (`created` says how it went): writes its header
+    /// and makes it ready. On a failed creation the reservation is released and the error
+    /// returned; a later `prepare_spares` or append creates the segment itself.
+    pub async fn adopt_spare(
+        &mut self,
+        seq: SegmentSeq,
+        created: Result<(), DiskError>,
+    ) -> Result<(), LogError> {
+        if let Err(error) = created {
+            self.wal.release_spare(seq);
+            return Err(error.into());
+        }
+        let disk = &self.disk;
+        let ops = self.wal.adopt_spare_ops(seq, |len| disk.alloc(len));
         self.execute(ops).await
     }
 

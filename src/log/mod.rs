@@ -71,6 +71,10 @@ pub enum LogError {
     },
     #[error("invalid WAL configuration: {0}")]
     BadConfig(String),
+    /// The append needs the spare segment reserved for creation beside the appends: adopt it
+    /// (`Log::adopt_spare`) and append again. Nothing was written.
+    #[error("the append needs spare segment {segment}, which is still being created")]
+    SpareNotReady { segment: SegmentSeq },
     #[error("group {group}: a record cannot be written: {reason}")]
     RecordTooLarge {
         group: GroupId,

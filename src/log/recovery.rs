@@ -326,6 +326,7 @@ impl Recovery {
                 .iter()
                 .copied()
                 .collect(),
+            filling: None,
             next_write_number: self.last_write_number.map_or(1, |last| last + 1),
         };
         let (repair, reinitialised_segments) =

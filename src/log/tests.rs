@@ -10,6 +10,7 @@ use proptest::test_runner::{Config as ProptestConfig, RngSeed};
 
 use crate::constants::WAL_HEADER_BLOCK_BYTES;
 use crate::ids::{EntryId, GroupId, LogIndex, NodeId, Term};
+use crate::log::disk::{Disk, DiskError, DiskOp};
 use crate::log::record::align_down;
 use crate::log::{Log, LogError, RecoverySummary, SegmentSeq, WalConfig};
 use crate::prng::Prng;
@@ -194,6 +195,108 @@ fn roll_over_moves_into_a_ready_spare_without_creating_files() {
     block_on(log.prepare_spares()).expect("spares");
     assert!(!log.spares_short());
     assert_eq!(fetch_all(&log, 1).len() as u64, next_index - 1);
+}
+
+#[test]
+fn a_spare_created_beside_the_appends_is_waited_for_only_when_an_append_needs_it() {
+    // With the next spare reserved for creation elsewhere, appends go on into the ready
+    // spare; the one that needs the reserved segment fails with `SpareNotReady` and writes
+    // nothing; purge meanwhile removes freed segments instead of recycling them; once the
+    // segment is created and adopted the append goes through and a restart keeps it all.
+    let disk = SimDisk::new(Prng::new(21), 4096);
+    let config = WalConfig {
+        segment_bytes: 16 * 1024,
+        spare_segments: 2,
+    };
+    let (mut log, _) = open(&disk, config).expect("fresh open");
+    let mut next_index = 1;
+    let mut append_next = |log: &mut Log<SimDisk>| {
+        let p = persist(entries(1, next_index, 2, 1500), None);
+        let result = block_on(log.append(&[(GroupId(1), &p)]));
+        if result.is_ok() {
+            next_index += 2;
+        }
+        result
+    };
+    let first_active = log.wal().active_segment();
+    while log.wal().active_segment() == first_active {
+        append_next(&mut log).expect("append into the first segment");
+    }
+    assert!(log.spares_short(), "a roll used a spare");
+    let (reserved, size_bytes) = log.reserve_spare().expect("a spare is short");
+    assert_eq!(reserved, log.wal().active_segment().next().next());
+    assert_eq!(log.reserve_spare(), None, "one reservation at a time");
+    assert!(!log.spares_short(), "the reserved spare counts as coming");
+    // Free the first segment while the reservation stands: it is removed, not recycled.
+    let last = log.restored(GroupId(1)).expect("group 1").last_index;
+    log.compact(GroupId(1), last);
+    let recycles = disk.stats().recycles;
+    let freed = block_on(log.purge()).expect("purge");
+    assert!(freed >= 1, "purge freed {freed} segments");
+    assert_eq!(
+        disk.stats().recycles,
+        recycles,
+        "recycled into the reserved number"
+    );
+    // Appends fill the active segment and the ready spare, then stop at the reserved one.
+    let refused = loop {
+        let before = disk.stats();
+        match append_next(&mut log) {
+            Ok(_) => assert!(log.wal().active_segment() < reserved),
+            Err(error) => break (error, before),
+        }
+    };
+    let (error, before) = refused;
+    assert!(
+        matches!(error, LogError::SpareNotReady { segment } if segment == reserved),
+        "{error}"
+    );
+    assert_eq!(disk.stats(), before, "a refused append touched the disk");
+    block_on(disk.create_segment(reserved, size_bytes)).expect("create the reserved spare");
+    block_on(log.adopt_spare(reserved, Ok(()))).expect("adopt");
+    append_next(&mut log).expect("the append goes on into the adopted spare");
+    assert_eq!(log.wal().active_segment(), reserved);
+    let expected = fetch_all(&log, 1);
+    assert_eq!(
+        expected.last().map(|e| e.id.index),
+        Some(LogIndex(next_index - 1))
+    );
+    drop(log);
+    let (log, summary) = open(&disk, config).expect("reopen");
+    assert_eq!(summary.torn_tail, None);
+    // Compaction points are not in the WAL: entries compacted but still on disk come back.
+    let fetched = fetch_all(&log, 1);
+    assert!(
+        fetched.ends_with(&expected),
+        "restart lost entries: {} fetched, the live log held {} up to {:?}",
+        fetched.len(),
+        expected.len(),
+        expected.last().map(|e| e.id)
+    );
+}
+
+#[test]
+fn a_failed_spare_creation_releases_the_reservation() {
+    // A creation that failed is reported, and the spare can be created again in place.
+    let disk = SimDisk::new(Prng::new(22), 4096);
+    let (mut log, _) = open(&disk, small_config()).expect("fresh open");
+    let mut next_index = 1;
+    let first_active = log.wal().active_segment();
+    while log.wal().active_segment() == first_active {
+        append(
+            &mut log,
+            &[(1, &persist(entries(1, next_index, 2, 1500), None))],
+        );
+        next_index += 2;
+    }
+    let (reserved, _) = log.reserve_spare().expect("a spare is short");
+    let failure = DiskError::new(DiskOp::Create, Some(reserved), "no space left on device");
+    let error = block_on(log.adopt_spare(reserved, Err(failure))).expect_err("reported");
+    assert!(error.to_string().contains("no space left"), "{error}");
+    assert!(log.spares_short());
+    block_on(log.prepare_spares()).expect("created in place");
+    assert!(!log.spares_short());
+    assert_eq!(log.wal().segments().last(), Some(&reserved));
 }
 
 #[test]

@@ -152,6 +152,9 @@ pub struct Wal {
     pub(crate) previous_segment_end: u64,
     /// Initialised segments after `active`, in order: `active + 1`, `active + 2`, ...
     pub(crate) spares: VecDeque<SegmentSeq>,
+    /// The segment after the last spare, reserved for a caller that creates it beside the
+    /// appends (`reserve_spare`) until it is adopted (`adopt_spare_ops`).
+    pub(crate) filling: Option<SegmentSeq>,
     /// The write number of the next batch.
     pub(crate) next_write_number: u64,
 }
@@ -193,6 +196,7 @@ impl Wal {
             tail_block: Vec::new(),
             previous_segment_end: 0,
             spares: VecDeque::new(),
+            filling: None,
             next_write_number: 1,
         };
         let ops = wal.initialise_segment_ops(SegmentSeq::FIRST, None, alloc);
@@ -248,6 +252,14 @@ impl Wal {
     ) -> Result<AppendPlan<B>, LogError> {
         let chunks = self.chunks(batch)?;
         let planned = self.partition(&chunks);
+        // Segments past the spares would be created here; the one reserved for a caller
+        // filling it must be adopted first (nothing has changed yet).
+        if let (Some(last), Some(segment)) = (planned.last(), self.filling) {
+            let needed = last.segment.0 - self.active.0;
+            if needed > self.spares.len() as u64 {
+                return Err(LogError::SpareNotReady { segment });
+            }
+        }
         let mut ops = Vec::new();
         let mut record_count = 0usize;
         let mut record_bytes = 0u64;
@@ -732,7 +744,8 @@ impl Wal {
                 break;
             }
             self.sealed.pop_front();
-            if self.spares.len() < self.config.spare_segments {
+            // Not while a spare is being filled: it is the next in line.
+            if self.filling.is_none() && self.spares.len() < self.config.spare_segments {
                 let to = self.next_spare_seq();
                 ops.extend(self.initialise_segment_ops(to, Some(oldest), &mut alloc));
                 self.spares.push_back(to);
@@ -743,13 +756,14 @@ impl Wal {
         ops
     }
 
-    /// Plans the creation of spares until `config.spare_segments` are ready.
+    /// Plans the creation of spares until `config.spare_segments` are ready (none while one
+    /// is being filled: it comes first).
     pub fn plan_spares<B: AsMut<[u8]>>(
         &mut self,
         mut alloc: impl FnMut(usize) -> B,
     ) -> Vec<WalOp<B>> {
         let mut ops = Vec::new();
-        while self.spares.len() < self.config.spare_segments {
+        while self.filling.is_none() && self.spares.len() < self.config.spare_segments {
             let segment = self.next_spare_seq();
             ops.extend(self.initialise_segment_ops(segment, None, &mut alloc));
             self.spares.push_back(segment);
@@ -757,9 +771,57 @@ impl Wal {
         ops
     }
 
-    /// Whether fewer spares are ready than configured (after an append rolled into one).
+    /// Whether fewer spares are ready or being filled than configured (after an append
+    /// rolled into one).
     pub fn spares_short(&self) -> bool {
-        self.spares.len() < self.config.spare_segments
+        self.spares.len() + usize::from(self.filling.is_some()) < self.config.spare_segments
+    }
+
+    /// Reserves the next spare for a caller that creates it (`Disk::create_segment`) beside
+    /// the appends and then adopts it: returns its number, or `None` if no spare is short
+    /// or one is being filled already. Until adopted, an append that needs it fails with
+    /// `SpareNotReady` and purge removes freed segments instead of recycling them.
+    pub fn reserve_spare(&mut self) -> Option<SegmentSeq> {
+        if self.filling.is_some() || !self.spares_short() {
+            return None;
+        }
+        let segment = self.next_spare_seq();
+        self.filling = Some(segment);
+        Some(segment)
+    }
+
+    /// The reserved spare `segment` exists, zero-filled and durable: plans its header and
+    /// makes it the last spare.
+    pub fn adopt_spare_ops<B: AsMut<[u8]>>(
+        &mut self,
+        segment: SegmentSeq,
+        mut alloc: impl FnMut(usize) -> B,
+    ) -> Vec<WalOp<B>> {
+        assert_eq!(
+            self.filling,
+            Some(segment),
+            "adopt_spare: segment {segment} is not the one reserved"
+        );
+        self.filling = None;
+        assert_eq!(
+            segment,
+            self.next_spare_seq(),
+            "adopt_spare: segment {segment} does not follow the spares (active {})",
+            self.active
+        );
+        let ops = vec![
+            self.header_write(segment, &mut alloc),
+            WalOp::Sync { segment },
+        ];
+        self.spares.push_back(segment);
+        ops
+    }
+
+    /// Gives up the reservation of a spare whose creation failed.
+    pub fn release_spare(&mut self, segment: SegmentSeq) {
+        if self.filling == Some(segment) {
+            self.filling = None;
+        }
     }
 
     fn next_spare_seq(&self) -> SegmentSeq {

@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 use flatbuffers::FlatBufferBuilder;
 use glommio::channels::local_channel::LocalReceiver;
 
-use crate::constants::{SHUTDOWN_DRAIN_MS, TICKS_PER_WAKE_MAX};
+use crate::constants::{SHUTDOWN_DRAIN_MS, SHUTDOWN_FORWARD_QUIET_MS, TICKS_PER_WAKE_MAX};
 use crate::ids::{GroupId, LogIndex, NodeId};
-use crate::log::{Log, fold_appends};
+use crate::log::disk::{Disk, DiskError, DiskOp, SegmentSeq};
+use crate::log::{Log, LogError, fold_appends};
 use crate::raft::types::{Fetch, Persist};
 use crate::reactor::context::{CoreContext, Input, MeshMessage};
 use crate::reactor::disk::DmaDisk;
@@ -68,18 +69,67 @@ impl WalQueue {
     fn is_idle(&self) -> bool {
         self.appends_pending.get() == 0
     }
+
+    /// Wakes the WAL task with no job (a spare segment it is creating is ready).
+    fn ring(&self) {
+        let _ = self.doorbell.try_send(());
+    }
+}
+
+/// A spare segment the WAL task creates beside its appends: zero-filling 64 MiB takes tens
+/// of milliseconds, which appends queued behind it would otherwise wait for.
+struct SpareFill {
+    seq: SegmentSeq,
+    task: glommio::task::JoinHandle<Result<(), DiskError>>,
+    done: Rc<Cell<bool>>,
+}
+
+impl SpareFill {
+    /// Starts creating the spare `log` reserves, if one is short.
+    fn start(log: &mut Log<Rc<DmaDisk>>, queue: &Rc<WalQueue>) -> Option<SpareFill> {
+        let (seq, size_bytes) = log.reserve_spare()?;
+        let disk = Rc::clone(log.disk());
+        let done = Rc::new(Cell::new(false));
+        let (done_flag, queue) = (Rc::clone(&done), Rc::clone(queue));
+        let task = glommio::spawn_local(async move {
+            let created = disk.create_segment(seq, size_bytes).await;
+            done_flag.set(true);
+            queue.ring();
+            created
+        })
+        .detach();
+        Some(SpareFill { seq, task, done })
+    }
+
+    /// Waits for the creation to end and makes the segment a ready spare.
+    async fn adopt(self, log: &mut Log<Rc<DmaDisk>>) {
+        let created = self.task.await.unwrap_or_else(|| {
+            Err(DiskError::new(
+                DiskOp::Create,
+                Some(self.seq),
+                "the creating task was cancelled",
+            ))
+        });
+        if let Err(error) = log.adopt_spare(self.seq, created).await {
+            wal_failed("create a spare segment", &error);
+        }
+    }
 }
 
 /// Runs the WAL: appends (the ones queued together folded into one write and sync) and
 /// fetches, one at a time, in order.
 pub async fn run_wal(
     context: Rc<CoreContext>,
-    mut log: Log<DmaDisk>,
+    mut log: Log<Rc<DmaDisk>>,
     queue: Rc<WalQueue>,
     ring: LocalReceiver<()>,
 ) {
     let mut purge_wanted = false;
+    let mut filling: Option<SpareFill> = None;
     while ring.recv().await.is_some() {
+        if let Some(fill) = filling.take_if(|fill| fill.done.get()) {
+            fill.adopt(&mut log).await;
+        }
         loop {
             let job = queue.jobs.borrow_mut().pop_front();
             let Some(job) = job else { break };
@@ -108,8 +158,18 @@ pub async fn run_wal(
                         .iter()
                         .map(|(group, persist)| (*group, persist))
                         .collect();
-                    if let Err(error) = log.append(&batch).await {
-                        wal_failed("append", &error);
+                    loop {
+                        match log.append(&batch).await {
+                            Ok(_) => break,
+                            // Rare: the appends used up every ready spare while the next
+                            // was being created. Nothing was written; wait for it.
+                            Err(LogError::SpareNotReady { .. }) if filling.is_some() => {
+                                if let Some(fill) = filling.take() {
+                                    fill.adopt(&mut log).await;
+                                }
+                            }
+                            Err(error) => wal_failed("append", &error),
+                        }
                     }
                     queue
                         .appends_pending
@@ -129,20 +189,19 @@ pub async fn run_wal(
             }
         }
         // Off the latency path: nothing else is queued. Segments holding only compacted
-        // entries are recycled into spares or removed.
-        if purge_wanted && queue.jobs.borrow().is_empty() {
+        // entries are recycled into spares or removed. Not while a spare is being created:
+        // the states purge may append again could need it.
+        if purge_wanted && filling.is_none() && queue.jobs.borrow().is_empty() {
             purge_wanted = false;
-            match log.purge().await {
+            match log.release_freed().await {
                 Ok(0) => {}
                 Ok(freed) => tracing::debug!(freed, "WAL segments freed after compaction"),
                 Err(error) => wal_failed("purge", &error),
             }
         }
-        // Off the latency path: nothing else is queued.
-        if log.spares_short()
-            && let Err(error) = log.prepare_spares().await
-        {
-            wal_failed("prepare spare segments", &error);
+        // Beside the appends: one spare at a time is created by its own task.
+        if filling.is_none() {
+            filling = SpareFill::start(&mut log, &queue);
         }
     }
 }
@@ -223,6 +282,8 @@ pub async fn run_driver<S: ShardCore>(
     let mut out = ShardOutput::default();
     let mut builder = FlatBufferBuilder::new();
     let mut stop_deadline: Option<Instant> = None;
+    // While stopping: when a peer last forwarded a request here.
+    let mut last_forward_in: Option<Instant> = None;
     while ring.recv().await.is_some() {
         let mut ticked = false;
         for input in context.take_inputs() {
@@ -235,6 +296,9 @@ pub async fn run_driver<S: ShardCore>(
                 }
                 Input::Peer(mut batch, permit) => {
                     let from = batch.from;
+                    if stop_deadline.is_some() && !batch.forwards.is_empty() {
+                        last_forward_in = Some(Instant::now());
+                    }
                     // Snapshot data goes to the snapshot tasks, checked here since the shard's
                     // own check (in `step_batch`) no longer sees it; the rest to the shard.
                     let has_snapshot_items =
@@ -292,7 +356,9 @@ pub async fn run_driver<S: ShardCore>(
             // Requests already accepted are answered before the core stops (a write waits
             // until it applies here, under the new leader too), so no client is left with a
             // closed connection and an unknown outcome.
-            let drained = shard.is_drained() && shard.in_flight_count() == 0;
+            let forwards_quiet = last_forward_in
+                .is_none_or(|at| at.elapsed() >= Duration::from_millis(SHUTDOWN_FORWARD_QUIET_MS));
+            let drained = shard.is_drained() && shard.in_flight_count() == 0 && forwards_quiet;
             if (drained || Instant::now() >= deadline) && links.wal.is_idle() {
                 if !drained {
                     log_undrained(&shard);

@@ -477,7 +477,7 @@ async fn open_wal(
     config: &ServerConfig,
     options: ServerOptions,
     core: CoreId,
-) -> Result<(Log<DmaDisk>, Restored), ServerError> {
+) -> Result<(Log<Rc<DmaDisk>>, Restored), ServerError> {
     let dir = config.data_dir.join(format!("core-{}", core.0));
     let wal_error = |detail: String| ServerError::Wal {
         core,
@@ -492,7 +492,8 @@ async fn open_wal(
         segment_bytes: options.wal_segment_bytes,
         ..WalConfig::default()
     };
-    let (log, summary) = Log::open(disk, wal_config)
+    // Shared with the WAL task's spare creation (`run_wal`).
+    let (log, summary) = Log::open(Rc::new(disk), wal_config)
         .await
         .map_err(|error| wal_error(error.to_string()))?;
     let restored: Restored = log
