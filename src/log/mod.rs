@@ -19,6 +19,11 @@
 //!   atomic.
 //! - Checksums are seeded with the segment's sequence number and the record's offset, so stale
 //!   bytes of a recycled segment never validate.
+//! - Segments are zero-filled and synced before use, ahead of need (spares). A spare can be
+//!   reserved (`Log::reserve_spare`) and created by another task while appends go on: filling
+//!   64 MiB takes tens of milliseconds, which appends would otherwise wait for. Only an append
+//!   that needs the reserved segment itself waits (`LogError::SpareNotReady`, nothing
+//!   written); a crash before it is adopted leaves a headerless spare, which recovery repairs.
 
 pub mod disk;
 pub mod driver;
