@@ -174,6 +174,7 @@ impl Snapshots {
                         let _ = writer.abort().await;
                     }
                 }
+                SnapshotWrite::Discard { id } => self.discard(id).await,
                 SnapshotWrite::Chunk { id, chunk, last } => {
                     if failed.contains(&id) {
                         continue;
@@ -220,6 +221,22 @@ impl Snapshots {
         writer.finish().await.map_err(|e| e.to_string())?;
         self.remove_old(id.group).await;
         Ok(true)
+    }
+
+    /// Removes a received snapshot the group did not take.
+    async fn discard(&self, id: SnapshotId) {
+        if self.opening.busy(id.group) {
+            // Left for the group's next snapshot to remove with the other old files.
+            return;
+        }
+        self.removing.enter(id.group);
+        let removed = self.store.remove(id).await;
+        self.removing.leave(id.group);
+        if let Err(error) = removed {
+            tracing::warn!(group = %id.group, index = %id.last.index, %error,
+                "removing a received snapshot the group did not take failed; it takes disk \
+                 space until a later snapshot removes it");
+        }
     }
 
     async fn remove_old(&self, group: GroupId) {

@@ -601,9 +601,20 @@ impl Shard {
                 self.install_staged(round.persists[index].group, &meta, out);
             }
         }
-        // A staged snapshot whose offer the group did not take is dropped.
+        // A staged snapshot whose offer the group did not take is dropped, and its file
+        // too unless the group keeps a snapshot of that same index.
         for group in std::mem::take(&mut self.staged_groups) {
-            self.group_state(group).snapshots.staged = None;
+            let snapshots = &mut self.group_state(group).snapshots;
+            let Some((meta, _)) = snapshots.staged.take() else {
+                continue;
+            };
+            if !snapshots.kept.contains(&meta.last.index) {
+                let id = crate::kv::store::SnapshotId {
+                    group,
+                    last: meta.last,
+                };
+                out.snapshot_writes.push(SnapshotWrite::Discard { id });
+            }
         }
         // Compactions go to the WAL before this round's append: both are in order there.
         out.wal_compactions.append(&mut self.wal_compactions);

@@ -55,6 +55,9 @@ pub enum SnapshotWrite {
     },
     /// Give the file up and remove it: the group's state was replaced meanwhile.
     Abort { id: SnapshotId },
+    /// Remove the complete file of `id`: a snapshot received from a leader that the group
+    /// did not take (it would otherwise count among the files kept).
+    Discard { id: SnapshotId },
 }
 
 /// What a group restarts from.
@@ -351,6 +354,17 @@ impl Shard {
                 self.events.push(event);
             }
         }
+    }
+
+    /// The indexes of the snapshots `group` keeps (oldest first); empty for a group this
+    /// core does not run.
+    pub fn kept_snapshots(&self, group: GroupId) -> Vec<LogIndex> {
+        self.groups
+            .get(self.config.local_index(group))
+            .filter(|_| self.config.groups().any(|g| g == group))
+            .map_or_else(Vec::new, |state| {
+                state.snapshots.kept.iter().copied().collect()
+            })
     }
 
     /// The reactor staged every byte of a snapshot a leader streamed (`offer` is its
@@ -735,5 +749,142 @@ mod tests {
         idle.first_index = None;
         let found = restart(idle);
         assert!(matches!(found.lost, Some(StateLoss::Gap { first, .. }) if first == LogIndex(26)));
+    }
+}
+
+#[cfg(test)]
+mod staged_tests {
+    use super::*;
+    use crate::ids::Ticks;
+    use crate::kv::snapshot::{decode_all, encode_all};
+    use crate::shard::core::{ShardConfig, WalTicket};
+
+    const GROUP: GroupId = GroupId(0);
+
+    fn membership() -> Membership {
+        Membership::new(vec![NodeId(1), NodeId(2), NodeId(3)])
+    }
+
+    /// Node 2's only core, running group 0 from empty storage and taking no snapshots itself.
+    fn follower() -> Shard {
+        let config = ShardConfig {
+            node: NodeId(2),
+            core: crate::ids::CoreId(0),
+            cores: 1,
+            groups_total: 1,
+            nodes: vec![NodeId(1), NodeId(2), NodeId(3)],
+            election_timeout_ticks: Ticks(10),
+            heartbeat_interval_ticks: Ticks(2),
+            request_timeout_ticks: Ticks(100),
+            seed: 7,
+            snapshot: SnapshotPolicy {
+                entries: 0,
+                alignment: 4096,
+            },
+            wal_record_capacity_bytes: 1 << 20,
+        };
+        Shard::new(config, &mut |_| GroupRestart::default())
+    }
+
+    /// The machine a leader's snapshot through `index` decodes into.
+    fn machine_at(term: u64, index: u64) -> KvMachine {
+        let mut machine = KvMachine::new();
+        for i in 1..=index {
+            machine.skip(LogIndex(i));
+        }
+        let bytes =
+            encode_all(&mut machine, GROUP, Term(term), membership(), 4096).expect("encodes");
+        decode_all(&bytes).expect("decodes").machine
+    }
+
+    fn id(term: u64, index: u64) -> SnapshotId {
+        SnapshotId {
+            group: GROUP,
+            last: EntryId::new(Term(term), LogIndex(index)),
+        }
+    }
+
+    /// Stages node 1's offer (in `message_term`) of the snapshot `id`, runs one round and
+    /// makes its WAL append durable; returns the round's output.
+    fn stage(shard: &mut Shard, message_term: u64, id: SnapshotId) -> ShardOutput {
+        let offer = Message {
+            from: NodeId(1),
+            to: NodeId(2),
+            term: Term(message_term),
+            body: MessageBody::InstallSnapshot {
+                snapshot: SnapshotMeta {
+                    last: id.last,
+                    membership: membership(),
+                },
+            },
+        };
+        let machine = machine_at(id.last.term.0, id.last.index.get());
+        shard.on_snapshot_staged(GROUP, offer, machine);
+        let mut out = ShardOutput::default();
+        shard.round(&mut out);
+        if let Some((ticket, _)) = &out.wal_append {
+            let ticket: WalTicket = *ticket;
+            shard.on_wal_durable(ticket);
+        }
+        out
+    }
+
+    fn discards(out: &ShardOutput) -> Vec<SnapshotId> {
+        out.snapshot_writes
+            .iter()
+            .filter_map(|write| match write {
+                SnapshotWrite::Discard { id } => Some(*id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_staged_snapshot_the_group_refuses_has_its_file_discarded() {
+        // An offer the group takes keeps its file; one at or below its commit index, or one
+        // the core rejects as malformed, is not taken and its file is removed, unless it is
+        // the very snapshot the group keeps.
+        let mut shard = follower();
+        let taken = stage(&mut shard, 1, id(1, 5));
+        assert!(
+            taken.events.iter().any(|event| matches!(event,
+                ShardEvent::SnapshotInstalled { index, .. } if *index == LogIndex(5))),
+            "the offer of 5 was not installed: {:?}",
+            taken.events
+        );
+        assert_eq!(
+            discards(&taken),
+            Vec::new(),
+            "a taken snapshot was discarded"
+        );
+        assert_eq!(shard.kept_snapshots(GROUP), vec![LogIndex(5)]);
+
+        let stale = stage(&mut shard, 1, id(1, 3));
+        assert_eq!(
+            discards(&stale),
+            vec![id(1, 3)],
+            "a snapshot below the commit index kept its file: {:?}",
+            stale.snapshot_writes
+        );
+
+        let again = stage(&mut shard, 1, id(1, 5));
+        assert_eq!(
+            discards(&again),
+            Vec::new(),
+            "the file of the snapshot the group keeps was discarded"
+        );
+
+        let malformed = stage(&mut shard, 1, id(2, 9));
+        assert!(
+            malformed
+                .events
+                .iter()
+                .any(|event| matches!(event, ShardEvent::SnapshotRefused { .. })),
+            "an offer of a later term than its message was not refused: {:?}",
+            malformed.events
+        );
+        assert_eq!(discards(&malformed), vec![id(2, 9)]);
+        assert_eq!(shard.kept_snapshots(GROUP), vec![LogIndex(5)]);
+        assert_eq!(shard.kept_snapshots(GroupId(1)), Vec::new());
     }
 }

@@ -188,6 +188,11 @@ impl CoreSnapshots {
                 }
                 return Ok(());
             }
+            SnapshotWrite::Discard { id } => {
+                // A file a power cut took is gone already; the reactor only warns either way.
+                let _ = block_on(self.store.remove(id));
+                return Ok(());
+            }
             SnapshotWrite::Chunk { id, chunk, last } => (id, chunk, last),
         };
         if self.failed.contains(&id) {
