@@ -223,11 +223,12 @@ impl Snapshots {
         Ok(true)
     }
 
-    /// Removes a received snapshot the group did not take.
+    /// Removes a received snapshot the group did not take. Unlike `remove_old` it does not
+    /// leave the file to a later snapshot (it is newer than the group's, so `remove_old`
+    /// would keep it): it waits for sends opening a file of the group, which are short.
     async fn discard(&self, id: SnapshotId) {
-        if self.opening.busy(id.group) {
-            // Left for the group's next snapshot to remove with the other old files.
-            return;
+        while self.opening.busy(id.group) {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
         }
         self.removing.enter(id.group);
         let removed = self.store.remove(id).await;

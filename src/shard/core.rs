@@ -602,17 +602,24 @@ impl Shard {
             }
         }
         // A staged snapshot whose offer the group did not take is dropped, and its file
-        // too unless the group keeps a snapshot of that same index.
+        // too (it would count among the files kept, and load at restart as the newest),
+        // unless that file is one of the group's own: a snapshot of the same index it keeps,
+        // or the one it is taking (same last entry, so the same file name).
         for group in std::mem::take(&mut self.staged_groups) {
             let snapshots = &mut self.group_state(group).snapshots;
             let Some((meta, _)) = snapshots.staged.take() else {
                 continue;
             };
-            if !snapshots.kept.contains(&meta.last.index) {
-                let id = crate::kv::store::SnapshotId {
-                    group,
-                    last: meta.last,
-                };
+            let id = crate::kv::store::SnapshotId {
+                group,
+                last: meta.last,
+            };
+            let own = snapshots.kept.contains(&id.last.index)
+                || snapshots
+                    .taking
+                    .as_ref()
+                    .is_some_and(|taking| taking.id == id);
+            if !own {
                 out.snapshot_writes.push(SnapshotWrite::Discard { id });
             }
         }

@@ -277,7 +277,7 @@ fn runs_after(runs: &[EntryId], last: EntryId) -> Vec<EntryId> {
 /// A snapshot being written: the encoder walks the group's frozen view.
 #[derive(Debug)]
 pub(super) struct Taking {
-    id: SnapshotId,
+    pub(super) id: SnapshotId,
     encoder: SnapshotEncoder,
     chunks_unwritten: usize,
     encoded_all: bool,
@@ -765,8 +765,9 @@ mod staged_tests {
         Membership::new(vec![NodeId(1), NodeId(2), NodeId(3)])
     }
 
-    /// Node 2's only core, running group 0 from empty storage and taking no snapshots itself.
-    fn follower() -> Shard {
+    /// Node 2's only core, running group 0 from empty storage and taking a snapshot every
+    /// `entries` applied entries (0: never).
+    fn follower(entries: u64) -> Shard {
         let config = ShardConfig {
             node: NodeId(2),
             core: crate::ids::CoreId(0),
@@ -778,7 +779,7 @@ mod staged_tests {
             request_timeout_ticks: Ticks(100),
             seed: 7,
             snapshot: SnapshotPolicy {
-                entries: 0,
+                entries,
                 alignment: 4096,
             },
             wal_record_capacity_bytes: 1 << 20,
@@ -804,6 +805,17 @@ mod staged_tests {
         }
     }
 
+    /// Runs one round and makes its WAL append durable.
+    fn round(shard: &mut Shard) -> ShardOutput {
+        let mut out = ShardOutput::default();
+        shard.round(&mut out);
+        if let Some((ticket, _)) = &out.wal_append {
+            let ticket: WalTicket = *ticket;
+            shard.on_wal_durable(ticket);
+        }
+        out
+    }
+
     /// Stages node 1's offer (in `message_term`) of the snapshot `id`, runs one round and
     /// makes its WAL append durable; returns the round's output.
     fn stage(shard: &mut Shard, message_term: u64, id: SnapshotId) -> ShardOutput {
@@ -820,13 +832,7 @@ mod staged_tests {
         };
         let machine = machine_at(id.last.term.0, id.last.index.get());
         shard.on_snapshot_staged(GROUP, offer, machine);
-        let mut out = ShardOutput::default();
-        shard.round(&mut out);
-        if let Some((ticket, _)) = &out.wal_append {
-            let ticket: WalTicket = *ticket;
-            shard.on_wal_durable(ticket);
-        }
-        out
+        round(shard)
     }
 
     fn discards(out: &ShardOutput) -> Vec<SnapshotId> {
@@ -844,7 +850,7 @@ mod staged_tests {
         // An offer the group takes keeps its file; one at or below its commit index, or one
         // the core rejects as malformed, is not taken and its file is removed, unless it is
         // the very snapshot the group keeps.
-        let mut shard = follower();
+        let mut shard = follower(0);
         let taken = stage(&mut shard, 1, id(1, 5));
         assert!(
             taken.events.iter().any(|event| matches!(event,
@@ -886,5 +892,48 @@ mod staged_tests {
         assert_eq!(discards(&malformed), vec![id(2, 9)]);
         assert_eq!(shard.kept_snapshots(GROUP), vec![LogIndex(5)]);
         assert_eq!(shard.kept_snapshots(GroupId(1)), Vec::new());
+    }
+
+    #[test]
+    fn a_refused_snapshot_the_group_is_taking_itself_keeps_its_file() {
+        // The follower caught up by appends and is taking its own snapshot of the very entry
+        // a leader's refused offer ends at: same id, same file, which must stay.
+        let mut shard = follower(3);
+        stage(&mut shard, 1, id(1, 5));
+        let entries = (6..=8)
+            .map(|i| crate::raft::Entry {
+                id: EntryId::new(Term(1), LogIndex(i)),
+                kind: crate::raft::EntryKind::Empty,
+                data: bytes::Bytes::new(),
+            })
+            .collect();
+        let mut batch = crate::shard::Batch::new(NodeId(1), NodeId(2));
+        batch.messages.push(crate::shard::GroupMessage {
+            group: GROUP,
+            term: Term(1),
+            body: MessageBody::Append {
+                prev: EntryId::new(Term(1), LogIndex(5)),
+                entries,
+                commit: LogIndex(8),
+            },
+        });
+        shard.on_peer_batch(batch).expect("the append steps");
+        let mut taking = false;
+        for _ in 0..4 {
+            let out = round(&mut shard);
+            taking |= out.snapshot_writes.iter().any(|write| {
+                matches!(write, SnapshotWrite::Chunk { id: written, .. } if *written == id(1, 8))
+            });
+        }
+        assert!(taking, "the follower did not start its own snapshot at 8");
+        assert_eq!(shard.kept_snapshots(GROUP), vec![LogIndex(5)]);
+        let refused = stage(&mut shard, 1, id(1, 8));
+        assert_eq!(
+            discards(&refused),
+            Vec::new(),
+            "the file of the snapshot the group is taking was discarded"
+        );
+        let stale = stage(&mut shard, 1, id(1, 7));
+        assert_eq!(discards(&stale), vec![id(1, 7)]);
     }
 }

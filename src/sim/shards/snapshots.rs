@@ -189,8 +189,10 @@ impl CoreSnapshots {
                 return Ok(());
             }
             SnapshotWrite::Discard { id } => {
-                // A file a power cut took is gone already; the reactor only warns either way.
-                let _ = block_on(self.store.remove(id));
+                // Any failure but a power cut leaves the file (the reactor only warns).
+                if let Err(error) = block_on(self.store.remove(id)) {
+                    self.fatal(error)?;
+                }
                 return Ok(());
             }
             SnapshotWrite::Chunk { id, chunk, last } => (id, chunk, last),
