@@ -9,7 +9,8 @@
 //! - staging a snapshot a leader streams to this node: chunks taken in order into a
 //!   temporary file and a decoder at once, acknowledged with the bytes held (a transfer cut
 //!   by a dropped connection resumes there), and once complete, made durable and handed to
-//!   the shard with the decoded state machine.
+//!   the shard with the decoded state machine; its file removed if the group did not take
+//!   it (`SnapshotWrite::Discard`).
 //!
 //! It must not decide when to snapshot, what to offer or whether to install: the shard does.
 

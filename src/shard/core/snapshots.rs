@@ -2,8 +2,9 @@
 //! takes one (after `SnapshotPolicy::entries` applied entries), its bytes produced in steps
 //! from a frozen view of the state machine while apply goes on, the Raft log and the WAL
 //! compacted once the file is durable; a leader's offers of a snapshot to a follower (the
-//! reactor streams the file); a follower installing a snapshot the reactor staged; and how a
-//! group restarts from its newest snapshot and the WAL's tail.
+//! reactor streams the file); a follower installing a snapshot the reactor staged, or giving
+//! up its file when the group does not take it; and how a group restarts from its newest
+//! snapshot and the WAL's tail.
 //!
 //! Compaction goes to the OLDER of the snapshots kept (`SNAPSHOTS_KEPT`), not the newest:
 //! the log keeps the entries after it, so a newest file found corrupt at restart is replaced
@@ -384,8 +385,11 @@ impl Shard {
         };
         let term = state.soft.term;
         let index = meta.last.index;
+        self.staged_ids.push(SnapshotId {
+            group,
+            last: meta.last,
+        });
         state.snapshots.staged = Some((meta, machine));
-        self.staged_groups.push(group);
         match self.multi.with_group(group, |raft| raft.step(offer)) {
             Ok(Ok(())) => {}
             Ok(Err(error)) => self.events.push(ShardEvent::SnapshotRefused {
@@ -935,5 +939,28 @@ mod staged_tests {
         );
         let stale = stage(&mut shard, 1, id(1, 7));
         assert_eq!(discards(&stale), vec![id(1, 7)]);
+    }
+
+    #[test]
+    fn a_staged_snapshot_replaced_before_the_round_has_its_file_discarded() {
+        // Two snapshots staged before one round: the group takes the newer, and the file of
+        // the older one, which it never installs, is removed.
+        let mut shard = follower(0);
+        let offer = |index: u64| Message {
+            from: NodeId(1),
+            to: NodeId(2),
+            term: Term(1),
+            body: MessageBody::InstallSnapshot {
+                snapshot: SnapshotMeta {
+                    last: EntryId::new(Term(1), LogIndex(index)),
+                    membership: membership(),
+                },
+            },
+        };
+        shard.on_snapshot_staged(GROUP, offer(4), machine_at(1, 4));
+        shard.on_snapshot_staged(GROUP, offer(6), machine_at(1, 6));
+        let out = round(&mut shard);
+        assert_eq!(discards(&out), vec![id(1, 4)]);
+        assert_eq!(shard.kept_snapshots(GROUP), vec![LogIndex(6)]);
     }
 }
