@@ -9,7 +9,8 @@
 //! - staging a snapshot a leader streams to this node: chunks taken in order into a
 //!   temporary file and a decoder at once, acknowledged with the bytes held (a transfer cut
 //!   by a dropped connection resumes there), and once complete, made durable and handed to
-//!   the shard with the decoded state machine.
+//!   the shard with the decoded state machine; its file removed if the group did not take
+//!   it (`SnapshotWrite::Discard`).
 //!
 //! It must not decide when to snapshot, what to offer or whether to install: the shard does.
 
@@ -174,6 +175,7 @@ impl Snapshots {
                         let _ = writer.abort().await;
                     }
                 }
+                SnapshotWrite::Discard { id } => self.discard(id).await,
                 SnapshotWrite::Chunk { id, chunk, last } => {
                     if failed.contains(&id) {
                         continue;
@@ -220,6 +222,23 @@ impl Snapshots {
         writer.finish().await.map_err(|e| e.to_string())?;
         self.remove_old(id.group).await;
         Ok(true)
+    }
+
+    /// Removes a received snapshot the group did not take. Unlike `remove_old` it does not
+    /// leave the file to a later snapshot (it is newer than the group's, so `remove_old`
+    /// would keep it): it waits for sends opening a file of the group, which are short.
+    async fn discard(&self, id: SnapshotId) {
+        while self.opening.busy(id.group) {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        self.removing.enter(id.group);
+        let removed = self.store.remove(id).await;
+        self.removing.leave(id.group);
+        if let Err(error) = removed {
+            tracing::warn!(group = %id.group, index = %id.last.index, %error,
+                "removing a received snapshot the group did not take failed; it takes disk \
+                 space until a later snapshot removes it");
+        }
     }
 
     async fn remove_old(&self, group: GroupId) {

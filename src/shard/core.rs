@@ -361,8 +361,8 @@ pub struct Shard {
     taking_count: usize,
     /// Compactions decided since the last round, for the WAL.
     wal_compactions: Vec<(GroupId, LogIndex)>,
-    /// Groups whose staged snapshot's offer was stepped since the last round.
-    staged_groups: Vec<GroupId>,
+    /// The snapshots staged (their offers stepped) since the last round, in order.
+    staged_ids: Vec<crate::kv::store::SnapshotId>,
 }
 
 /// A leader transfer this node asked for while stopping (thesis §3.10).
@@ -461,7 +461,7 @@ impl Shard {
             builder: FlatBufferBuilder::new(),
             taking_count: 0,
             wal_compactions,
-            staged_groups: Vec::new(),
+            staged_ids: Vec::new(),
         }
     }
 
@@ -601,10 +601,29 @@ impl Shard {
                 self.install_staged(round.persists[index].group, &meta, out);
             }
         }
-        // A staged snapshot whose offer the group did not take is dropped.
-        for group in std::mem::take(&mut self.staged_groups) {
-            self.group_state(group).snapshots.staged = None;
+        // A staged snapshot whose offer the group did not take is dropped, and its file
+        // too (it would count among the files kept, and load at restart as the newest),
+        // unless that file is one of the group's own: a snapshot of the same index it keeps
+        // (the one just installed, say), or the one it is taking (same last entry, so the
+        // same file name). A snapshot staged and then replaced by a newer one before this
+        // round is dropped the same way.
+        let mut staged_ids = std::mem::take(&mut self.staged_ids);
+        staged_ids.dedup();
+        for &id in &staged_ids {
+            self.group_state(id.group).snapshots.staged = None;
         }
+        for id in staged_ids.drain(..) {
+            let snapshots = &self.group_state(id.group).snapshots;
+            let own = snapshots.kept.contains(&id.last.index)
+                || snapshots
+                    .taking
+                    .as_ref()
+                    .is_some_and(|taking| taking.id == id);
+            if !own {
+                out.snapshot_writes.push(SnapshotWrite::Discard { id });
+            }
+        }
+        self.staged_ids = staged_ids;
         // Compactions go to the WAL before this round's append: both are in order there.
         out.wal_compactions.append(&mut self.wal_compactions);
         if !round.persists.is_empty() {

@@ -406,6 +406,30 @@ impl ShardSim {
             .map(|cores| &cores[usize::from(core.0)].shard)
     }
 
+    /// Snapshot files of the live `node` newer than the newest its group keeps (a snapshot
+    /// received and not taken that stayed, say); none once its stores are settled. Older
+    /// ones are left for the group's next snapshot to remove.
+    pub fn unkept_snapshot_files(&self, node: NodeId) -> Vec<SnapshotId> {
+        let index = (node.0 - 1) as usize;
+        let mut unkept = Vec::new();
+        for (core, store) in self.nodes[index].stores.iter().enumerate() {
+            let Some(shard) = self.shard(node, CoreId(core as u16)) else {
+                continue;
+            };
+            for group in shard.config().groups() {
+                let newest = shard
+                    .kept_snapshots(group)
+                    .last()
+                    .copied()
+                    .unwrap_or(LogIndex::ZERO);
+                let listed = block_on(store.list(group))
+                    .unwrap_or_else(|e| panic!("node {node}: listing group {group}: {e}"));
+                unkept.extend(listed.into_iter().filter(|id| id.last.index > newest));
+            }
+        }
+        unkept
+    }
+
     /// What the snapshots of the cluster did so far (across crashes).
     pub fn snapshot_stats(&self) -> SnapshotStats {
         self.stats

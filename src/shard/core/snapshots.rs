@@ -2,8 +2,9 @@
 //! takes one (after `SnapshotPolicy::entries` applied entries), its bytes produced in steps
 //! from a frozen view of the state machine while apply goes on, the Raft log and the WAL
 //! compacted once the file is durable; a leader's offers of a snapshot to a follower (the
-//! reactor streams the file); a follower installing a snapshot the reactor staged; and how a
-//! group restarts from its newest snapshot and the WAL's tail.
+//! reactor streams the file); a follower installing a snapshot the reactor staged, or giving
+//! up its file when the group does not take it; and how a group restarts from its newest
+//! snapshot and the WAL's tail.
 //!
 //! Compaction goes to the OLDER of the snapshots kept (`SNAPSHOTS_KEPT`), not the newest:
 //! the log keeps the entries after it, so a newest file found corrupt at restart is replaced
@@ -55,6 +56,9 @@ pub enum SnapshotWrite {
     },
     /// Give the file up and remove it: the group's state was replaced meanwhile.
     Abort { id: SnapshotId },
+    /// Remove the complete file of `id`: a snapshot received from a leader that the group
+    /// did not take (it would otherwise count among the files kept).
+    Discard { id: SnapshotId },
 }
 
 /// What a group restarts from.
@@ -274,7 +278,7 @@ fn runs_after(runs: &[EntryId], last: EntryId) -> Vec<EntryId> {
 /// A snapshot being written: the encoder walks the group's frozen view.
 #[derive(Debug)]
 pub(super) struct Taking {
-    id: SnapshotId,
+    pub(super) id: SnapshotId,
     encoder: SnapshotEncoder,
     chunks_unwritten: usize,
     encoded_all: bool,
@@ -353,6 +357,17 @@ impl Shard {
         }
     }
 
+    /// The indexes of the snapshots `group` keeps (oldest first); empty for a group this
+    /// core does not run.
+    pub fn kept_snapshots(&self, group: GroupId) -> Vec<LogIndex> {
+        self.groups
+            .get(self.config.local_index(group))
+            .filter(|_| self.config.groups().any(|g| g == group))
+            .map_or_else(Vec::new, |state| {
+                state.snapshots.kept.iter().copied().collect()
+            })
+    }
+
     /// The reactor staged every byte of a snapshot a leader streamed (`offer` is its
     /// `InstallSnapshot`, the file is durable) and decoded it into `machine`: the offer is
     /// stepped; if the group takes it, the next persist carries it and the machine becomes the
@@ -370,8 +385,11 @@ impl Shard {
         };
         let term = state.soft.term;
         let index = meta.last.index;
+        self.staged_ids.push(SnapshotId {
+            group,
+            last: meta.last,
+        });
         state.snapshots.staged = Some((meta, machine));
-        self.staged_groups.push(group);
         match self.multi.with_group(group, |raft| raft.step(offer)) {
             Ok(Ok(())) => {}
             Ok(Err(error)) => self.events.push(ShardEvent::SnapshotRefused {
@@ -735,5 +753,214 @@ mod tests {
         idle.first_index = None;
         let found = restart(idle);
         assert!(matches!(found.lost, Some(StateLoss::Gap { first, .. }) if first == LogIndex(26)));
+    }
+}
+
+#[cfg(test)]
+mod staged_tests {
+    use super::*;
+    use crate::ids::Ticks;
+    use crate::kv::snapshot::{decode_all, encode_all};
+    use crate::shard::core::{ShardConfig, WalTicket};
+
+    const GROUP: GroupId = GroupId(0);
+
+    fn membership() -> Membership {
+        Membership::new(vec![NodeId(1), NodeId(2), NodeId(3)])
+    }
+
+    /// Node 2's only core, running group 0 from empty storage and taking a snapshot every
+    /// `entries` applied entries (0: never).
+    fn follower(entries: u64) -> Shard {
+        let config = ShardConfig {
+            node: NodeId(2),
+            core: crate::ids::CoreId(0),
+            cores: 1,
+            groups_total: 1,
+            nodes: vec![NodeId(1), NodeId(2), NodeId(3)],
+            election_timeout_ticks: Ticks(10),
+            heartbeat_interval_ticks: Ticks(2),
+            request_timeout_ticks: Ticks(100),
+            seed: 7,
+            snapshot: SnapshotPolicy {
+                entries,
+                alignment: 4096,
+            },
+            wal_record_capacity_bytes: 1 << 20,
+        };
+        Shard::new(config, &mut |_| GroupRestart::default())
+    }
+
+    /// The machine a leader's snapshot through `index` decodes into.
+    fn machine_at(term: u64, index: u64) -> KvMachine {
+        let mut machine = KvMachine::new();
+        for i in 1..=index {
+            machine.skip(LogIndex(i));
+        }
+        let bytes =
+            encode_all(&mut machine, GROUP, Term(term), membership(), 4096).expect("encodes");
+        decode_all(&bytes).expect("decodes").machine
+    }
+
+    fn id(term: u64, index: u64) -> SnapshotId {
+        SnapshotId {
+            group: GROUP,
+            last: EntryId::new(Term(term), LogIndex(index)),
+        }
+    }
+
+    /// Runs one round and makes its WAL append durable.
+    fn round(shard: &mut Shard) -> ShardOutput {
+        let mut out = ShardOutput::default();
+        shard.round(&mut out);
+        if let Some((ticket, _)) = &out.wal_append {
+            let ticket: WalTicket = *ticket;
+            shard.on_wal_durable(ticket);
+        }
+        out
+    }
+
+    /// Stages node 1's offer (in `message_term`) of the snapshot `id`, runs one round and
+    /// makes its WAL append durable; returns the round's output.
+    fn stage(shard: &mut Shard, message_term: u64, id: SnapshotId) -> ShardOutput {
+        let offer = Message {
+            from: NodeId(1),
+            to: NodeId(2),
+            term: Term(message_term),
+            body: MessageBody::InstallSnapshot {
+                snapshot: SnapshotMeta {
+                    last: id.last,
+                    membership: membership(),
+                },
+            },
+        };
+        let machine = machine_at(id.last.term.0, id.last.index.get());
+        shard.on_snapshot_staged(GROUP, offer, machine);
+        round(shard)
+    }
+
+    fn discards(out: &ShardOutput) -> Vec<SnapshotId> {
+        out.snapshot_writes
+            .iter()
+            .filter_map(|write| match write {
+                SnapshotWrite::Discard { id } => Some(*id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_staged_snapshot_the_group_refuses_has_its_file_discarded() {
+        // An offer the group takes keeps its file; one at or below its commit index, or one
+        // the core rejects as malformed, is not taken and its file is removed, unless it is
+        // the very snapshot the group keeps.
+        let mut shard = follower(0);
+        let taken = stage(&mut shard, 1, id(1, 5));
+        assert!(
+            taken.events.iter().any(|event| matches!(event,
+                ShardEvent::SnapshotInstalled { index, .. } if *index == LogIndex(5))),
+            "the offer of 5 was not installed: {:?}",
+            taken.events
+        );
+        assert_eq!(
+            discards(&taken),
+            Vec::new(),
+            "a taken snapshot was discarded"
+        );
+        assert_eq!(shard.kept_snapshots(GROUP), vec![LogIndex(5)]);
+
+        let stale = stage(&mut shard, 1, id(1, 3));
+        assert_eq!(
+            discards(&stale),
+            vec![id(1, 3)],
+            "a snapshot below the commit index kept its file: {:?}",
+            stale.snapshot_writes
+        );
+
+        let again = stage(&mut shard, 1, id(1, 5));
+        assert_eq!(
+            discards(&again),
+            Vec::new(),
+            "the file of the snapshot the group keeps was discarded"
+        );
+
+        let malformed = stage(&mut shard, 1, id(2, 9));
+        assert!(
+            malformed
+                .events
+                .iter()
+                .any(|event| matches!(event, ShardEvent::SnapshotRefused { .. })),
+            "an offer of a later term than its message was not refused: {:?}",
+            malformed.events
+        );
+        assert_eq!(discards(&malformed), vec![id(2, 9)]);
+        assert_eq!(shard.kept_snapshots(GROUP), vec![LogIndex(5)]);
+        assert_eq!(shard.kept_snapshots(GroupId(1)), Vec::new());
+    }
+
+    #[test]
+    fn a_refused_snapshot_the_group_is_taking_itself_keeps_its_file() {
+        // The follower caught up by appends and is taking its own snapshot of the very entry
+        // a leader's refused offer ends at: same id, same file, which must stay.
+        let mut shard = follower(3);
+        stage(&mut shard, 1, id(1, 5));
+        let entries = (6..=8)
+            .map(|i| crate::raft::Entry {
+                id: EntryId::new(Term(1), LogIndex(i)),
+                kind: crate::raft::EntryKind::Empty,
+                data: bytes::Bytes::new(),
+            })
+            .collect();
+        let mut batch = crate::shard::Batch::new(NodeId(1), NodeId(2));
+        batch.messages.push(crate::shard::GroupMessage {
+            group: GROUP,
+            term: Term(1),
+            body: MessageBody::Append {
+                prev: EntryId::new(Term(1), LogIndex(5)),
+                entries,
+                commit: LogIndex(8),
+            },
+        });
+        shard.on_peer_batch(batch).expect("the append steps");
+        let mut taking = false;
+        for _ in 0..4 {
+            let out = round(&mut shard);
+            taking |= out.snapshot_writes.iter().any(|write| {
+                matches!(write, SnapshotWrite::Chunk { id: written, .. } if *written == id(1, 8))
+            });
+        }
+        assert!(taking, "the follower did not start its own snapshot at 8");
+        assert_eq!(shard.kept_snapshots(GROUP), vec![LogIndex(5)]);
+        let refused = stage(&mut shard, 1, id(1, 8));
+        assert_eq!(
+            discards(&refused),
+            Vec::new(),
+            "the file of the snapshot the group is taking was discarded"
+        );
+        let stale = stage(&mut shard, 1, id(1, 7));
+        assert_eq!(discards(&stale), vec![id(1, 7)]);
+    }
+
+    #[test]
+    fn a_staged_snapshot_replaced_before_the_round_has_its_file_discarded() {
+        // Two snapshots staged before one round: the group takes the newer, and the file of
+        // the older one, which it never installs, is removed.
+        let mut shard = follower(0);
+        let offer = |index: u64| Message {
+            from: NodeId(1),
+            to: NodeId(2),
+            term: Term(1),
+            body: MessageBody::InstallSnapshot {
+                snapshot: SnapshotMeta {
+                    last: EntryId::new(Term(1), LogIndex(index)),
+                    membership: membership(),
+                },
+            },
+        };
+        shard.on_snapshot_staged(GROUP, offer(4), machine_at(1, 4));
+        shard.on_snapshot_staged(GROUP, offer(6), machine_at(1, 6));
+        let out = round(&mut shard);
+        assert_eq!(discards(&out), vec![id(1, 4)]);
+        assert_eq!(shard.kept_snapshots(GROUP), vec![LogIndex(6)]);
     }
 }

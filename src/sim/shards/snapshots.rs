@@ -188,6 +188,13 @@ impl CoreSnapshots {
                 }
                 return Ok(());
             }
+            SnapshotWrite::Discard { id } => {
+                // Any failure but a power cut leaves the file (the reactor only warns).
+                if let Err(error) = block_on(self.store.remove(id)) {
+                    self.fatal(error)?;
+                }
+                return Ok(());
+            }
             SnapshotWrite::Chunk { id, chunk, last } => (id, chunk, last),
         };
         if self.failed.contains(&id) {

@@ -405,6 +405,13 @@ fn check_every_node(sim: &mut ShardSim, written: &BTreeMap<String, (String, bool
         }
         sim.tick();
     }
+    for node in sim.node_ids() {
+        let unkept = sim.unkept_snapshot_files(node);
+        assert!(
+            unkept.is_empty(),
+            "seed {seed}: node {node} has snapshot files newer than its groups keep: {unkept:?}"
+        );
+    }
     let keys: Vec<String> = written.keys().cloned().collect();
     let values = sim.read_all(&keys);
     let mut seen: BTreeMap<&str, (NodeId, Reply)> = BTreeMap::new();
